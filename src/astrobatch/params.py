@@ -1,0 +1,313 @@
+"""Typed, validated parameters: one pydantic model per ``params.yaml`` section.
+
+Every model forbids unknown keys, checks types strictly enough to catch typos
+(``"3e-3"`` is accepted as a float, ``"abc"`` is not) and checks impossible
+values (a ratio outside [0, 1], an empty feature list, a negative learning
+rate). :func:`load_params` turns any violation into one
+:class:`~astrobatch.errors.ParamsError` naming the file, the dotted key and the
+expectation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from astrobatch.errors import ParamsError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+#: Per-star columns of the star_sets raw format (see README, "Raw star-set format").
+STAR_COLUMNS: tuple[str, ...] = (
+    "x",
+    "y",
+    "z",
+    "vx",
+    "vy",
+    "vz",
+    "mass",
+    "lon_deg",
+    "lat_deg",
+    "pm_lon_coslat_mas_yr",
+    "pm_lat_mas_yr",
+    "log_L_L_sol",
+)
+#: Per-snapshot target columns of the star_sets raw format.
+SNAPSHOT_TARGETS: tuple[str, ...] = (
+    "total_mass_within_2x_r_tidal",
+    "time",
+    "r_half_mass",
+    "r_tidal",
+    "n_stars_within_2x_r_tidal",
+)
+
+
+class Strict(BaseModel):
+    """Base for all params models: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_range(value: tuple[float, float], lo: float, hi: float, what: str):
+    a, b = value
+    if not (lo <= a <= b <= hi):
+        raise ValueError(f"{what} must satisfy {lo} <= low <= high <= {hi}, got [{a}, {b}]")
+    return value
+
+
+class StarSetsSimulate(Strict):
+    """Parameters of the star_sets simulator (King models sampled with galpy)."""
+
+    n_runs: int = Field(24, ge=3, description="number of simulated runs (initial conditions)")
+    snapshots_per_run: int = Field(6, ge=1, description="snapshots per run, evenly spaced in time")
+    log10_mass_range: tuple[float, float] = Field(
+        (3.0, 4.2), description="initial cluster mass range, log10 Msun"
+    )
+    w0_levels: list[float] = Field(
+        [3.0, 5.0, 7.0], min_length=1, description="King W0 (concentration) levels, one per 'Rad'"
+    )
+    metallicities: list[float] = Field([0.0002, 0.002, 0.02], min_length=1)
+    max_time_myr: float = Field(100.0, gt=0, description="time of the last snapshot, Myr")
+    galactocentric_radius_kpc: float = Field(
+        8.0, gt=0, description="circular orbit radius in MWPotential2014 defining r_t, kpc"
+    )
+    binary_fraction: float = Field(0.3, ge=0, le=1)
+    escaper_fraction_max: float = Field(
+        0.3, ge=0, le=1, description="fraction of stars beyond r_t at the last snapshot"
+    )
+    field_star_fraction: float = Field(0.02, ge=0, le=1)
+    imf_mass_range: tuple[float, float] = Field((0.08, 50.0), description="IMF limits, Msun")
+
+    @field_validator("log10_mass_range")
+    @classmethod
+    def _mass_range(cls, v):
+        return _check_range(v, 0.0, 8.0, "log10_mass_range")
+
+    @field_validator("imf_mass_range")
+    @classmethod
+    def _imf_range(cls, v):
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"imf_mass_range must satisfy 0 < low < high, got {list(v)}")
+        return v
+
+
+class SplitParams(Strict):
+    """Split of runs into train/val/test (ratios sum to 1)."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.2, ge=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+    stratify: list[str] = Field(
+        default_factory=lambda: ["ic_w0", "ic_metallicity", "ic_mass_level"],
+        description="per-snapshot columns that define strata of initial conditions",
+    )
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class StarSetsData(Strict):
+    """Which raw file to read and how to prepare it."""
+
+    raw_path: str = "data/raw/star_sets/snapshots.h5"
+    raw_format: Literal["hdf5", "upstream_npz", "nbody6_out3"] = "hdf5"
+    features: list[str] = Field(
+        default_factory=lambda: ["x", "y", "z", "vx", "vy", "vz"], min_length=1
+    )
+    target: str = "total_mass_within_2x_r_tidal"
+    log_target: bool = Field(True, description="regress log10 of the target (mass)")
+    split: SplitParams = SplitParams()
+    chunk_rows: int = Field(65536, ge=1024, description="rows per HDF5 chunk / prepare block")
+    scaler_sample_rows: int = Field(
+        500_000, ge=1000, description="max train rows (seeded sample) used to fit scalers"
+    )
+    real_snapshots: list[str] = Field(
+        default_factory=lambda: [
+            "../shared/data/star_sets/conf.3_0",
+            "../shared/data/star_sets/conf.3_20",
+        ],
+        description="NBODY6++ OUT3 files evaluated by `evaluate`; missing files are skipped",
+    )
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, v):
+        unknown = [f for f in v if f not in STAR_COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; choose from {list(STAR_COLUMNS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate features in {v}")
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, v):
+        if v not in SNAPSHOT_TARGETS:
+            raise ValueError(f"unknown target {v!r}; choose from {list(SNAPSHOT_TARGETS)}")
+        return v
+
+
+class SamplingParams(Strict):
+    """How sets of stars are drawn from a snapshot (training and evaluation)."""
+
+    num_star_per_sample: int = Field(128, ge=1)
+    num_sample_per_snapshot: int = Field(16, ge=1)
+    drop_probability: float = Field(0.6, ge=0, le=1)
+    drop_ratio_range: tuple[float, float] = (0.1, 0.9)
+    drop_at_eval: bool = Field(
+        True, description="also drop stars at val/test time (fixed seeded draw), as upstream"
+    )
+
+    @field_validator("drop_ratio_range")
+    @classmethod
+    def _ratio(cls, v):
+        return _check_range(v, 0.0, 1.0, "drop_ratio_range")
+
+
+class SetModelParams(Strict):
+    """Set-model architecture (``name`` picks one of the three)."""
+
+    name: Literal["summary_stats", "deep_sets", "set_transformer"] = "deep_sets"
+    hidden_dim: int = Field(64, ge=1)
+    phi_layers: int = Field(2, ge=1, description="deep_sets: layers of the per-star MLP")
+    rho_layers: int = Field(2, ge=1, description="layers of the MLP after pooling")
+    pooling: Literal["mean", "sum"] = "mean"
+    num_heads: int = Field(4, ge=1, description="set_transformer: attention heads")
+    num_blocks: int = Field(2, ge=1, description="set_transformer: SAB/ISAB blocks")
+    num_inducing: int = Field(0, ge=0, description="set_transformer: ISAB inducing points, 0=SAB")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.name == "set_transformer" and self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class TrainingParams(Strict):
+    """Optimisation and hardware (Lightning Trainer) settings."""
+
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(30, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    huber_delta: float = Field(1.0, gt=0)
+    gradient_clip_val: float = Field(0.5, gt=0)
+    patience: int = Field(10, ge=1, description="early stopping on val loss")
+    num_workers: int = Field(0, ge=0)
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    resume: Literal["auto", "never"] = Field(
+        "auto", description="auto: continue from last.ckpt of an interrupted identical run"
+    )
+
+
+class StarSetsParams(Strict):
+    """The ``star_sets`` section of ``params.yaml``."""
+
+    seed: int = 42
+    simulate: StarSetsSimulate = StarSetsSimulate()
+    data: StarSetsData = StarSetsData()
+    sampling: SamplingParams = SamplingParams()
+    model: SetModelParams = SetModelParams()
+    training: TrainingParams = TrainingParams()
+
+
+SECTIONS: dict[str, type[Strict]] = {"star_sets": StarSetsParams}
+#: Top-level keys that are not study sections (shared settings).
+SHARED_KEYS = {"runner"}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _format_validation_error(err: ValidationError, section: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join([section, *[str(p) for p in e["loc"]]])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check spelling; see params.yaml for the known keys)"
+        lines.append(f"{loc}: {msg} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def parse_section(raw: dict[str, Any] | None, model: type[M], section: str, path: str) -> M:
+    """Validate one section's raw mapping into its typed model.
+
+    Parameters
+    ----------
+    raw : dict or None
+        The section as read from YAML (None means all defaults).
+    model : type
+        The pydantic model of the section.
+    section : str
+        Section name, used in messages.
+    path : str
+        File the section came from, used in messages.
+
+    Returns
+    -------
+    pydantic.BaseModel
+        The validated, frozen parameters.
+
+    Raises
+    ------
+    ParamsError
+        On an unknown key, a wrong type or an impossible value.
+    """
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"expected a mapping, got {type(raw).__name__}", path=path, key=section)
+    try:
+        return model.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_validation_error(err, section), path=path) from None
+
+
+def load_params(section: str, path: str | Path = DEFAULT_PARAMS) -> Any:
+    """Read ``params.yaml`` and return the validated model of one section.
+
+    Parameters
+    ----------
+    section : str
+        Section name, e.g. ``"star_sets"``.
+    path : str or pathlib.Path
+        YAML file (default ``params.yaml`` in the working directory).
+
+    Returns
+    -------
+    StarSetsParams or other section model
+        Frozen, validated parameters.
+
+    Raises
+    ------
+    ParamsError
+        If the file is missing, is not valid YAML, has an unknown top-level
+        section, or the section is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError("params file not found (run from the project root)", path=path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"not valid YAML: {err}", path=path) from None
+    if not isinstance(data, dict):
+        raise ParamsError("expected a mapping of sections at the top level", path=path)
+    unknown = sorted(set(data) - set(SECTIONS) - SHARED_KEYS)
+    if unknown:
+        raise ParamsError(
+            f"unknown top-level section(s) {unknown}; known: {sorted(SECTIONS)}", path=path
+        )
+    if section not in SECTIONS:
+        raise ParamsError(f"unknown section {section!r}; known: {sorted(SECTIONS)}", path=path)
+    return parse_section(data.get(section), SECTIONS[section], section, str(path))
