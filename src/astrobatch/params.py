@@ -61,6 +61,7 @@ def _check_range(value: tuple[float, float], lo: float, hi: float, what: str):
 class StarSetsSimulate(Strict):
     """Parameters of the star_sets simulator (King models sampled with galpy)."""
 
+    seed: int = Field(2024, description="seed of the simulated data set (not of training)")
     n_runs: int = Field(24, ge=3, description="number of simulated runs (initial conditions)")
     snapshots_per_run: int = Field(6, ge=1, description="snapshots per run, evenly spaced in time")
     log10_mass_range: tuple[float, float] = Field(
@@ -100,6 +101,9 @@ class SplitParams(Strict):
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.2, ge=0, lt=1)
     test: float = Field(0.1, gt=0, lt=1)
+    salt: str = Field(
+        "astrobatch", description="salt of the run-id hash that orders runs before splitting"
+    )
     stratify: list[str] = Field(
         default_factory=lambda: ["ic_w0", "ic_metallicity", "ic_mass_level"],
         description="per-snapshot columns that define strata of initial conditions",
@@ -127,13 +131,6 @@ class StarSetsData(Strict):
     chunk_rows: int = Field(65536, ge=1024, description="rows per HDF5 chunk / prepare block")
     scaler_sample_rows: int = Field(
         500_000, ge=1000, description="max train rows (seeded sample) used to fit scalers"
-    )
-    real_snapshots: list[str] = Field(
-        default_factory=lambda: [
-            "../shared/data/star_sets/conf.3_0",
-            "../shared/data/star_sets/conf.3_20",
-        ],
-        description="NBODY6++ OUT3 files evaluated by `evaluate`; missing files are skipped",
     )
 
     @field_validator("features")
@@ -212,6 +209,21 @@ class TrainingParams(Strict):
     )
 
 
+class StarSetsEvaluate(Strict):
+    """Evaluation settings, including the real NBODY6++ snapshots to predict."""
+
+    real_snapshots: list[str] = Field(
+        default_factory=lambda: [
+            "../shared/data/star_sets/conf.3_0",
+            "../shared/data/star_sets/conf.3_20",
+        ],
+        description="NBODY6++ OUT3 files predicted by `evaluate`; missing files are skipped",
+    )
+    real_galactocentric_radius_kpc: float = Field(
+        8.0, gt=0, description="circular orbit (MWPotential2014) defining r_t of real snapshots"
+    )
+
+
 class StarSetsParams(Strict):
     """The ``star_sets`` section of ``params.yaml``."""
 
@@ -221,6 +233,7 @@ class StarSetsParams(Strict):
     sampling: SamplingParams = SamplingParams()
     model: SetModelParams = SetModelParams()
     training: TrainingParams = TrainingParams()
+    evaluate: StarSetsEvaluate = StarSetsEvaluate()
 
 
 SECTIONS: dict[str, type[Strict]] = {"star_sets": StarSetsParams}

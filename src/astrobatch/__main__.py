@@ -1,0 +1,5 @@
+"""``python -m astrobatch`` runs the CLI."""
+
+from astrobatch.cli import main
+
+main()

@@ -1,0 +1,41 @@
+"""The ``astrobatch`` command: one sub-app per study, plus common commands.
+
+Run ``astrobatch --help``; every DVC stage is ``astrobatch <study> <stage>``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from astrobatch.studies.star_sets.stages import app as star_sets_app
+
+app = typer.Typer(
+    name="astrobatch",
+    help="Reproducible deep-learning studies in astronomy. Each study is a chain of DVC "
+    "stages (simulate -> prepare -> train -> evaluate) driven by params.yaml.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(star_sets_app, name="star-sets")
+
+
+def _mount_compare() -> None:
+    from astrobatch.compare_cli import compare
+
+    app.command(
+        "compare",
+        help="Compare DVC experiments: a metric against one swept parameter "
+        "(mean and spread over seeds) as a markdown table and a figure.",
+    )(compare)
+
+
+_mount_compare()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="astrobatch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Datasets, samplers, scalers and datamodules shared by studies."""

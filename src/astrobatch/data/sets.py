@@ -1,0 +1,243 @@
+"""Sets of elements sampled from prepared shards: padding + mask, epoch-seeded draws.
+
+Sampling (star_sets spec): each item is one *sample* of one snapshot. With
+probability ``drop_probability`` a fraction drawn uniformly from
+``drop_ratio_range`` of the snapshot's stars is dropped (at least one star is
+kept); then up to ``num_star_per_sample`` stars are drawn without replacement;
+smaller sets are zero-padded, with a boolean mask (True = real star).
+
+Randomness: every draw comes from ``numpy.random.default_rng((seed, epoch,
+index))``. In training the epoch changes, so every epoch sees fresh draws;
+in evaluation the epoch is fixed to 0, so val/test samples are one fixed,
+seeded draw (upstream instead re-used one draw for training too). Because
+draws depend only on (seed, epoch, index), a run resumed from a checkpoint
+sees exactly the data an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from astrobatch.io.shards import read_shard
+from astrobatch.params import SamplingParams
+
+
+def sample_set(
+    n: int, rng: np.random.Generator, sampling: SamplingParams, drop: bool = True
+) -> np.ndarray:
+    """Indices of the elements kept in one sample of a set of ``n`` elements.
+
+    Parameters
+    ----------
+    n : int
+        Set size (0 gives an empty sample).
+    rng : numpy.random.Generator
+    sampling : SamplingParams
+    drop : bool
+        Apply random dropping (``drop_probability``, ``drop_ratio_range``).
+
+    Returns
+    -------
+    numpy.ndarray, shape (k,), int64
+        ``k <= min(n, num_star_per_sample)`` distinct indices in [0, n).
+
+    Examples
+    --------
+    >>> from astrobatch.params import SamplingParams
+    >>> idx = sample_set(1000, np.random.default_rng(0), SamplingParams(drop_probability=0))
+    >>> len(idx), len(set(idx.tolist()))
+    (128, 128)
+    """
+    keep = n
+    if drop and n > 1 and rng.random() < sampling.drop_probability:
+        lo, hi = sampling.drop_ratio_range
+        ratio = rng.uniform(lo, hi)
+        keep = max(1, round(n * (1.0 - ratio)))
+    k = min(keep, sampling.num_star_per_sample)
+    return rng.choice(n, size=k, replace=False) if k else np.zeros(0, dtype=np.int64)
+
+
+class SetSampleDataset(Dataset):
+    """Samples of sets from one prepared shard, padded to a fixed size.
+
+    Parameters
+    ----------
+    shard : str or pathlib.Path
+        Prepared shard (:mod:`astrobatch.io.shards`).
+    sampling : SamplingParams
+    seed : int
+        Seed of all draws.
+    train : bool
+        True: draws change with the epoch; False: one fixed draw (epoch 0),
+        dropping only if ``sampling.drop_at_eval``.
+    in_memory : bool
+        Load all features in RAM (fast) or read each snapshot's rows from the
+        HDF5 file on demand (bounded memory for data larger than RAM).
+
+    Notes
+    -----
+    Items are indexed by ``(index, epoch)`` tuples (see :class:`EpochSampler`);
+    a plain integer means epoch 0. An item is a dict with ``x`` (N, F)
+    float32, ``mask`` (N,) bool, ``y`` () float32 (scaled target),
+    ``set_index`` and ``sample_index`` (int64), N = ``num_star_per_sample``.
+    """
+
+    def __init__(self, shard, sampling: SamplingParams, seed: int, train: bool, in_memory=True):
+        self.path = Path(shard)
+        meta = read_shard(self.path, load_features=in_memory)
+        self.ptr = meta["ptr"]
+        self.sets = meta["sets"]
+        self.feature_keys = meta["feature_keys"]
+        self.features = meta.get("features")
+        self.y = np.asarray(self.sets["target"], dtype=np.float32)
+        self.sampling, self.seed, self.train = sampling, int(seed), train
+        self._h5 = None
+
+    @property
+    def n_sets(self) -> int:
+        """Number of sets (snapshots) in the shard."""
+        return len(self.ptr) - 1
+
+    @property
+    def n_features(self) -> int:
+        """Number of feature columns F."""
+        return len(self.feature_keys)
+
+    def __len__(self) -> int:
+        return self.n_sets * self.sampling.num_sample_per_snapshot
+
+    def _rows(self, i: int) -> np.ndarray:
+        a, b = int(self.ptr[i]), int(self.ptr[i + 1])
+        if self.features is not None:
+            return self.features[a:b]
+        if self._h5 is None:  # opened lazily, once per DataLoader worker
+            import h5py
+
+            self._h5 = h5py.File(self.path, "r")
+        return self._h5["features"][a:b]
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        index, epoch = (key, 0) if np.isscalar(key) else key
+        epoch = epoch if self.train else 0
+        set_index, sample_index = divmod(int(index), self.sampling.num_sample_per_snapshot)
+        rng = np.random.default_rng((self.seed, int(epoch), int(index), 0 if self.train else 1))
+        rows = self._rows(set_index)
+        drop = self.train or self.sampling.drop_at_eval
+        sel = np.sort(sample_set(len(rows), rng, self.sampling, drop=drop))
+        N = self.sampling.num_star_per_sample
+        x = np.zeros((N, self.n_features), dtype=np.float32)
+        mask = np.zeros(N, dtype=bool)
+        x[: len(sel)] = rows[sel]
+        mask[: len(sel)] = True
+        return {
+            "x": torch.from_numpy(x),
+            "mask": torch.from_numpy(mask),
+            "y": torch.tensor(self.y[set_index]),
+            "set_index": torch.tensor(set_index),
+            "sample_index": torch.tensor(sample_index),
+        }
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, epoch)``; shuffles per epoch from ``(seed, epoch)``; rank-aware.
+
+    Lightning calls :meth:`set_epoch` at the start of every training epoch.
+    Under DDP (``torch.distributed`` initialised) each rank takes every
+    ``world_size``-th index of the same permutation, padded to equal length.
+
+    Parameters
+    ----------
+    n : int
+        Dataset length.
+    shuffle : bool
+    seed : int
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used for the permutation and the draws."""
+        self.epoch = int(epoch)
+
+    def _rank(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _indices(self) -> np.ndarray:
+        if self.shuffle:
+            return np.random.default_rng((self.seed, self.epoch, 7)).permutation(self.n)
+        return np.arange(self.n)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        idx = self._indices()
+        rank, world = self._rank()
+        if world > 1:
+            per = -(-self.n // world)
+            idx = np.resize(idx, per * world)[rank::world]
+        return iter([(int(i), self.epoch) for i in idx])
+
+    def __len__(self) -> int:
+        _, world = self._rank()
+        return -(-self.n // world)
+
+
+class SetDataModule(L.LightningDataModule):
+    """Train/val/test DataLoaders over the prepared shards of one study.
+
+    Parameters
+    ----------
+    prepared_dir : str or pathlib.Path
+        Folder holding ``train.h5``, ``val.h5``, ``test.h5``.
+    sampling : SamplingParams
+    batch_size : int
+    seed : int
+    num_workers : int
+    in_memory : bool
+        See :class:`SetSampleDataset`.
+    """
+
+    def __init__(
+        self, prepared_dir, sampling: SamplingParams, batch_size: int, seed: int,
+        num_workers: int = 0, in_memory: bool = True,
+    ):  # fmt: skip
+        super().__init__()
+        self.dir = Path(prepared_dir)
+        self.sampling, self.batch_size, self.seed = sampling, batch_size, seed
+        self.num_workers, self.in_memory = num_workers, in_memory
+        self._ds: dict[str, SetSampleDataset] = {}
+
+    def dataset(self, split: str) -> SetSampleDataset:
+        """The dataset of ``split`` (``train``, ``val`` or ``test``), built once."""
+        if split not in self._ds:
+            self._ds[split] = SetSampleDataset(
+                self.dir / f"{split}.h5", self.sampling, self.seed, split == "train", self.in_memory
+            )
+        return self._ds[split]
+
+    def loader(self, split: str) -> DataLoader:
+        """A DataLoader over ``split`` (shuffled, epoch-seeded for train)."""
+        ds = self.dataset(split)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(ds), shuffle=split == "train", seed=self.seed),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        return self.loader("train")
+
+    def val_dataloader(self):
+        return self.loader("val")
+
+    def test_dataloader(self):
+        return self.loader("test")

@@ -1,0 +1,99 @@
+"""Regression metrics, per-set aggregation and baselines (NumPy/SciPy).
+
+All functions take predictions and targets in the same units and return plain
+floats, keyed by stable names so that metrics JSON files line up in
+``dvc exp show``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Absolute-error summary of predictions.
+
+    Parameters
+    ----------
+    pred, true : numpy.ndarray, shape (n,)
+        Predictions and targets, same units.
+
+    Returns
+    -------
+    dict
+        ``mae`` (mean |Δ|), ``rmse``, ``median_ae`` (median |Δ|), ``p90_ae``
+        (90th percentile of |Δ|), ``bias`` (mean Δ), with Δ = pred - true.
+
+    Raises
+    ------
+    ValueError
+        Empty or mismatched inputs.
+
+    Examples
+    --------
+    >>> m = regression_metrics(np.array([1.0, 2.0, 4.0]), np.array([1.0, 1.0, 1.0]))
+    >>> m["mae"], m["median_ae"], round(m["rmse"], 4)
+    (1.3333333333333333, 1.0, 1.8257)
+    """
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    if pred.shape != true.shape or pred.size == 0:
+        raise ValueError(f"expected equal non-empty shapes, got {pred.shape} and {true.shape}")
+    d = pred - true
+    a = np.abs(d)
+    return {
+        "mae": float(a.mean()),
+        "rmse": float(np.sqrt((d**2).mean())),
+        "median_ae": float(np.median(a)),
+        "p90_ae": float(np.percentile(a, 90)),
+        "bias": float(d.mean()),
+    }
+
+
+def correlations(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation coefficients (NaN when undefined).
+
+    Parameters
+    ----------
+    pred, true : numpy.ndarray, shape (n,)
+    """
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    if len(pred) < 2 or np.std(pred) == 0 or np.std(true) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan")}
+    return {
+        "pearson": float(stats.pearsonr(pred, true)[0]),
+        "spearman": float(stats.spearmanr(pred, true)[0]),
+    }
+
+
+def per_set(values: np.ndarray, set_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and standard deviation of ``values`` over the samples of each set.
+
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (n_samples,)
+    set_index : numpy.ndarray, shape (n_samples,), int
+        Set (snapshot) of each sample.
+
+    Returns
+    -------
+    sets : numpy.ndarray, shape (n_sets,)
+        Sorted unique set indices.
+    mean, std : numpy.ndarray, shape (n_sets,)
+        Mean and population standard deviation (ddof=0) per set.
+
+    Examples
+    --------
+    >>> per_set(np.array([1.0, 3.0, 5.0]), np.array([0, 0, 1]))
+    (array([0, 1]), array([2., 5.]), array([1., 0.]))
+    """
+    sets, inv = np.unique(set_index, return_inverse=True)
+    n = np.bincount(inv)
+    mean = np.bincount(inv, weights=values) / n
+    var = np.bincount(inv, weights=(values - mean[inv]) ** 2) / n
+    return sets, mean, np.sqrt(var)
+
+
+def median_baseline(train_targets: np.ndarray, n: int) -> np.ndarray:
+    """The constant predictor: median of the training targets, repeated ``n`` times."""
+    return np.full(n, float(np.median(train_targets)))

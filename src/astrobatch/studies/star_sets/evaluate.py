@@ -1,0 +1,256 @@
+"""star_sets evaluate: metrics in physical units, baselines, predictions table, plots, real data.
+
+Metrics (flat names, stable across experiments; ``<q>`` is the short target
+name, ``mass`` for ``total_mass_within_2x_r_tidal``):
+
+- ``<split>/mae_log_<q>``, ``rmse_log_<q>``, ``median_ae_log_<q>``,
+  ``p90_ae_log_<q>``, ``bias_log_<q>`` (dex) and the same without ``log_`` in
+  physical units (Msun), per sample;
+- ``<split>/snapshot/...``: the same on the mean log prediction of each
+  snapshot, plus ``pearson`` and ``spearman`` correlations of those means;
+- ``<split>/within_snapshot_std_log_<q>``: mean over snapshots of the
+  standard deviation of predictions across the samples of one snapshot (dex);
+- ``baseline/median/<split>/...``: the median of the training targets;
+- ``<split>/mae_log_<q>_over_baseline``: ratio of the model's MAE to the baseline's;
+- ``real/<file>/...``: prediction vs truth for real NBODY6++ snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, load_scalers
+from astrobatch.data.sets import SetDataModule, sample_set
+from astrobatch.evaluate import metrics as M
+from astrobatch.evaluate import plots
+from astrobatch.io.atomic import atomic_path, write_json
+from astrobatch.nn.sets import build_set_model
+from astrobatch.params import StarSetsParams
+from astrobatch.tasks.regression import predict
+from astrobatch.train import load_model_weights
+
+log = logging.getLogger(__name__)
+SHORT = {"total_mass_within_2x_r_tidal": "mass", "n_stars_within_2x_r_tidal": "n_stars"}
+UNITS = {"mass": "Msun", "time": "Myr", "r_half_mass": "pc", "r_tidal": "pc", "n_stars": ""}
+
+
+def short_name(target: str) -> str:
+    """Short metric name of a target (``mass`` for ``total_mass_within_2x_r_tidal``)."""
+    return SHORT.get(target, target)
+
+
+def _block(prefix: str, pred_log, true_log, log_target: bool, q: str) -> dict[str, float]:
+    out = {}
+    if log_target:
+        for k, v in M.regression_metrics(pred_log, true_log).items():
+            out[f"{prefix}{k}_log_{q}"] = v
+        pred_phys, true_phys = 10**pred_log, 10**true_log
+    else:
+        pred_phys, true_phys = pred_log, true_log
+    for k, v in M.regression_metrics(pred_phys, true_phys).items():
+        out[f"{prefix}{k}_{q}"] = v
+    return out
+
+
+def _read_curves(live_dir: Path) -> dict[str, pd.DataFrame]:
+    curves = {}
+    for name in ("train/loss", "val/loss"):
+        p = live_dir / "plots" / "metrics" / f"{name}.tsv"
+        if p.is_file():
+            curves[name] = pd.read_csv(p, sep="\t")[["step", name.split("/")[-1]]].rename(
+                columns={"loss": "value"}
+            )
+    return curves
+
+
+def predict_real(
+    params: StarSetsParams,
+    model: torch.nn.Module,
+    fscaler: GroupRobustScaler,
+    tscaler: TargetScaler,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Predict the target of the real NBODY6++ snapshots listed in params.
+
+    Each file is converted with
+    :func:`~astrobatch.studies.star_sets.prepare.nbody6_to_sets`, scaled with
+    the training scalers and sampled ``num_sample_per_snapshot`` times with a
+    fixed seed, like the test split. Files that do not exist are skipped
+    (logged); features the OUT3 format lacks (pseudo-observed ones) make the
+    whole step skip with a log line.
+
+    Returns
+    -------
+    metrics : dict
+        ``real/<file>/true_<q>``, ``pred_<q>``, ``pred_log_<q>_std``,
+        ``error_log_<q>`` (dex).
+    table : pandas.DataFrame
+        One row per file.
+    """
+    from astrobatch.studies.star_sets.prepare import nbody6_to_sets
+
+    q = short_name(params.data.target)
+    files = [Path(p) for p in params.evaluate.real_snapshots]
+    present = [p for p in files if p.is_file()]
+    for p in sorted(set(files) - set(present)):
+        log.warning("real snapshot %s not found: skipped", p)
+    available = {"x", "y", "z", "vx", "vy", "vz", "mass"}
+    if not present:
+        return {}, pd.DataFrame()
+    if not set(params.data.features) <= available:
+        log.warning(
+            "features %s are not all in NBODY6 OUT3 (%s): real snapshots skipped",
+            params.data.features, sorted(available),
+        )  # fmt: skip
+        return {}, pd.DataFrame()
+    data = nbody6_to_sets(present, params.evaluate.real_galactocentric_radius_kpc)
+    s = params.sampling
+    metrics, rows = {}, []
+    for i, path in enumerate(present):
+        a, b = data.ptr[i], data.ptr[i + 1]
+        x = np.stack([data.elements[k][a:b] for k in params.data.features], 1)
+        x = fscaler.transform(x.astype(np.float64))
+        rng = np.random.default_rng((params.seed, i, 99))
+        X = np.zeros((s.num_sample_per_snapshot, s.num_star_per_sample, x.shape[1]), np.float32)
+        mask = np.zeros(X.shape[:2], bool)
+        for j in range(s.num_sample_per_snapshot):
+            sel = sample_set(len(x), rng, s, drop=s.drop_at_eval)
+            X[j, : len(sel)] = x[sel]
+            mask[j, : len(sel)] = True
+        with torch.no_grad():
+            z = model(torch.from_numpy(X), torch.from_numpy(mask)).reshape(-1).double().numpy()
+        pred_log = tscaler.to_log_space(z)
+        true = float(data.sets[params.data.target][i])
+        true_log = np.log10(true) if tscaler.log10 else true
+        key = f"real/{path.name}"
+        row = {
+            "file": path.name,
+            "time_myr": float(data.sets["time"][i]),
+            f"true_{q}": true,
+            f"pred_{q}": float(10 ** pred_log.mean()) if tscaler.log10 else float(pred_log.mean()),
+            f"pred_log_{q}_std": float(pred_log.std()),
+            f"error_log_{q}": float(pred_log.mean() - true_log),
+            "r_tidal_pc": float(data.sets["r_tidal"][i]),
+        }
+        rows.append(row)
+        metrics.update({f"{key}/{k}": v for k, v in row.items() if k != "file"})
+    return metrics, pd.DataFrame(rows)
+
+
+def evaluate(
+    params: StarSetsParams,
+    prepared_dir: str | Path,
+    model_dir: str | Path,
+    live_dir: str | Path,
+    metrics_path: str | Path,
+    plots_dir: str | Path,
+    reports_dir: str | Path,
+) -> dict[str, float]:
+    """Evaluate the best checkpoint on val and test; write metrics, predictions and plots.
+
+    Parameters
+    ----------
+    params : StarSetsParams
+    prepared_dir, model_dir, live_dir : path
+        Inputs: shards + scalers, ``best.ckpt``, DVCLive curves.
+    metrics_path : path
+        Flat metrics JSON (``metrics/star_sets.json``).
+    plots_dir : path
+        ``pred_vs_true.png``, ``residual_hist.png``, ``loss_curves.png``.
+    reports_dir : path
+        ``predictions.parquet`` (``split, snapshot_id, run_id, sample_id,
+        n_stars, prediction, target`` in physical units, plus log10 columns)
+        and ``real_snapshots.csv``.
+
+    Returns
+    -------
+    dict
+        The metrics written.
+
+    Raises
+    ------
+    InputError
+        Missing prepared data or checkpoint, or a checkpoint that does not
+        match the model params.
+    """
+    prepared_dir, plots_dir, reports_dir = Path(prepared_dir), Path(plots_dir), Path(reports_dir)
+    fscaler, tscaler = load_scalers(prepared_dir / "scalers.json")
+    q = short_name(params.data.target)
+    dm = SetDataModule(
+        prepared_dir, params.sampling, params.training.batch_size, params.seed, num_workers=0
+    )
+    model = build_set_model(params.model, in_features=len(fscaler.features))
+    load_model_weights(model, Path(model_dir) / "best.ckpt")
+
+    train_log = tscaler.to_log_space(dm.dataset("train").y)
+    metrics: dict[str, float] = {}
+    frames, test_pack = [], None
+    for split in ("val", "test"):
+        ds = dm.dataset(split)
+        out = predict(model, dm.loader(split))
+        pred_log, true_log = (
+            tscaler.to_log_space(out["prediction"]),
+            tscaler.to_log_space(out["target"]),
+        )
+        metrics.update(_block(f"{split}/", pred_log, true_log, tscaler.log10, q))
+        sets, mean, std = M.per_set(pred_log, out["set_index"])
+        true_set = tscaler.to_log_space(ds.y[sets])
+        metrics.update(_block(f"{split}/snapshot/", mean, true_set, tscaler.log10, q))
+        metrics.update(
+            {f"{split}/snapshot/{k}": v for k, v in M.correlations(mean, true_set).items()}
+        )
+        metrics[f"{split}/within_snapshot_std_log_{q}"] = float(std.mean())
+        base = M.median_baseline(train_log, len(true_log))
+        metrics.update(_block(f"baseline/median/{split}/", base, true_log, tscaler.log10, q))
+        key = f"mae_log_{q}" if tscaler.log10 else f"mae_{q}"
+        metrics[f"{split}/{key}_over_baseline"] = (
+            metrics[f"{split}/{key}"] / metrics[f"baseline/median/{split}/{key}"]
+        )
+        idx = out["set_index"]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "snapshot_id": ds.sets["snapshot_id"][idx],
+                    "run_id": ds.sets["run_id"][idx],
+                    "sample_id": out["sample_index"],
+                    "n_stars": out["n_elements"],
+                    "prediction": 10**pred_log if tscaler.log10 else pred_log,
+                    "target": 10**true_log if tscaler.log10 else true_log,
+                    "log10_prediction": pred_log if tscaler.log10 else np.nan,
+                    "log10_target": true_log if tscaler.log10 else np.nan,
+                }
+            )
+        )
+        if split == "test":
+            test_pack = (pred_log, true_log, base, true_set, mean, std)
+    metrics["n_test_snapshots"] = int(dm.dataset("test").n_sets)
+
+    real_metrics, real_table = predict_real(params, model, fscaler, tscaler)
+    metrics.update(real_metrics)
+
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(reports_dir / "predictions.parquet") as tmp:
+        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+    with atomic_path(reports_dir / "real_snapshots.csv") as tmp:
+        real_table.to_csv(tmp, index=False)
+    pred_log, true_log, base, true_set, mean, std = test_pack
+    label = f"log10 {q} [{UNITS.get(q, '')}]" if tscaler.log10 else f"{q} [{UNITS.get(q, '')}]"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plots.pred_vs_true(
+        pred_log, true_log, plots_dir / "pred_vs_true.png", label, (true_set, mean, std)
+    )
+    plots.residual_hist(
+        {params.model.name: pred_log - true_log, "median baseline": base - true_log},
+        plots_dir / "residual_hist.png",
+        label,
+    )
+    curves = _read_curves(Path(live_dir))
+    if curves:
+        plots.loss_curves(curves, plots_dir / "loss_curves.png")
+    write_json(metrics_path, metrics)
+    return metrics

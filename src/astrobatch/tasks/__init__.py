@@ -1,0 +1,1 @@
+"""LightningModules, one per objective, each wrapping a pure ``torch.nn.Module``."""

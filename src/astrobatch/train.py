@@ -1,0 +1,203 @@
+"""Shared training driver: Lightning Trainer, checkpoints, early stopping, DVCLive, resume.
+
+Every study trains through :func:`fit`: best and last checkpoints
+(``best.ckpt``, ``last.ckpt``) in the model folder, early stopping on
+``val/loss``, curves logged with DVCLive, and automatic resumption: the model
+folder holds ``train_state.json`` with a fingerprint of everything that
+determines the run (params, prepared data); if an identical run was
+interrupted, the next call continues from ``last.ckpt``; otherwise the folder
+is cleared and training starts afresh. Data draws depend only on (seed,
+epoch, index) (:mod:`astrobatch.data.sets`), so a resumed run ends with the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from astrobatch.io.atomic import write_json
+from astrobatch.params import TrainingParams
+from astrobatch.progress import interactive
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """SHA-256 of a JSON rendering of ``parts`` (dicts, lists, strings, numbers).
+
+    Examples
+    --------
+    >>> fingerprint({"a": 1}) == fingerprint({"a": 1}) != fingerprint({"a": 2})
+    True
+    """
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_digest(*paths: str | Path) -> str:
+    """SHA-256 over the bytes of small files (manifests, scalers)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+class EpochLog(Callback):
+    """Plain log line per epoch (used when there is no terminal for a progress bar)."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        log.info(
+            "epoch %d/%d %s",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
+        )
+
+
+def _resume_path(model_dir: Path, fp: str, mode: str) -> Path | None:
+    state_path, last = model_dir / STATE_FILE, model_dir / "last.ckpt"
+    if mode == "auto" and state_path.is_file() and last.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except json.JSONDecodeError:
+            state = {}
+        if state.get("fingerprint") == fp and not state.get("complete", False):
+            return last
+    return None
+
+
+def fit(
+    task: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    training: TrainingParams,
+    model_dir: str | Path,
+    live_dir: str | Path,
+    fp: str,
+    seed: int,
+    callbacks: list[Callback] | None = None,
+) -> dict:
+    """Train ``task`` with early stopping, checkpoints, DVCLive curves and auto-resume.
+
+    Parameters
+    ----------
+    task : lightning.LightningModule
+        Logs ``val/loss``.
+    datamodule : lightning.LightningDataModule
+    training : TrainingParams
+        Epochs, patience, clipping, devices, strategy, precision, resume mode.
+    model_dir : str or pathlib.Path
+        Receives ``best.ckpt``, ``last.ckpt``, ``train_state.json``.
+    live_dir : str or pathlib.Path
+        DVCLive folder (``plots/metrics/*.tsv``).
+    fp : str
+        Fingerprint of the run (see :func:`fingerprint`); decides resumption.
+    seed : int
+        Global seed (``lightning.seed_everything``).
+    callbacks : list of Callback, optional
+        Extra callbacks (tests use one to simulate an interruption).
+
+    Returns
+    -------
+    dict
+        The final ``train_state.json`` content: best val loss, epochs, paths.
+    """
+    from dvclive.lightning import DVCLiveLogger
+
+    model_dir, live_dir = Path(model_dir), Path(live_dir)
+    ckpt = _resume_path(model_dir, fp, training.resume)
+    if ckpt is None:
+        for p in (model_dir, live_dir):
+            if p.exists():
+                shutil.rmtree(p)
+    else:
+        log.info("resuming interrupted run from %s", ckpt)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_json(model_dir / STATE_FILE, {"fingerprint": fp, "complete": False})
+    L.seed_everything(seed, workers=True, verbose=False)
+
+    checkpoint = ModelCheckpoint(
+        dirpath=model_dir, filename="best", monitor="val/loss", mode="min",
+        save_top_k=1, save_last=True, enable_version_counter=False,
+    )  # fmt: skip
+    cbs: list[Callback] = [
+        checkpoint,
+        EarlyStopping(monitor="val/loss", mode="min", patience=training.patience),
+        *(callbacks or []),
+    ]
+    if not interactive():
+        cbs.append(EpochLog())
+    logger = DVCLiveLogger(
+        dir=str(live_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False,
+        report=None,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=training.max_epochs,
+        accelerator=training.accelerator,
+        devices=training.devices,
+        strategy=training.strategy,
+        precision=training.precision,
+        gradient_clip_val=training.gradient_clip_val,
+        callbacks=cbs,
+        logger=logger,
+        deterministic="warn",
+        enable_progress_bar=interactive(),
+        enable_model_summary=interactive(),
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training interrupted; run again to resume from last.ckpt")
+    state = {
+        "fingerprint": fp,
+        "complete": True,
+        "best_val_loss": float(checkpoint.best_model_score)
+        if checkpoint.best_model_score is not None
+        else None,
+        "epochs_trained": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "stopped_early": trainer.current_epoch < training.max_epochs,
+        "resumed": ckpt is not None,
+        "device": str(trainer.strategy.root_device),
+        "world_size": trainer.world_size,
+    }
+    if trainer.is_global_zero:
+        write_json(model_dir / STATE_FILE, state)
+    return state
+
+
+def load_model_weights(model: torch.nn.Module, ckpt_path: str | Path) -> torch.nn.Module:
+    """Load the ``model.*`` weights of a Lightning checkpoint into a pure module.
+
+    Raises
+    ------
+    astrobatch.errors.InputError
+        Missing or incompatible checkpoint.
+    """
+    from astrobatch.errors import InputError
+
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise InputError("checkpoint not found (run train first)", ckpt_path)
+    try:
+        sd = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict({k[6:]: v for k, v in sd.items() if k.startswith("model.")})
+    except (RuntimeError, KeyError, EOFError) as err:
+        raise InputError(
+            f"checkpoint does not match the model in params ({str(err)[:300]})", ckpt_path
+        ) from None
+    return model.eval()

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny star_sets params and a tiny simulated raw file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from astrobatch.params import StarSetsParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The real data samples beside the checkout (``../shared/data``), or /work/shared/data."""
+    for cand in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
+        if cand.is_dir():
+            return cand
+    return ROOT.parent / "shared" / "data"
+
+
+def tiny_params(**overrides) -> StarSetsParams:
+    """star_sets params small enough for a test (seconds)."""
+    base = {
+        "seed": 3,
+        "simulate": {
+            "n_runs": 6,
+            "snapshots_per_run": 2,
+            "log10_mass_range": [2.6, 3.2],
+            "w0_levels": [5.0],
+            "metallicities": [0.002],
+        },
+        "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
+        "model": {"hidden_dim": 16},
+        "training": {"batch_size": 16, "max_epochs": 3, "patience": 5},
+        "evaluate": {"real_snapshots": []},
+    }
+    for key, value in overrides.items():
+        base.setdefault(key, {}).update(value) if isinstance(value, dict) else base.update(
+            {key: value}
+        )
+    return StarSetsParams.model_validate(base)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> Path:
+    """A tiny simulated raw HDF5 file (6 runs x 2 snapshots)."""
+    from astrobatch.studies.star_sets.simulate import simulate_to_file
+
+    p = tiny_params()
+    path = tmp_path_factory.mktemp("raw") / "snapshots.h5"
+    simulate_to_file(p.simulate, p.simulate.seed, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory, tiny_raw) -> Path:
+    """Prepared shards of :func:`tiny_raw`."""
+    from astrobatch.studies.star_sets.prepare import prepare
+
+    p = tiny_params(data={"raw_path": str(tiny_raw)})
+    out = tmp_path_factory.mktemp("prepared") / "star_sets"
+    prepare(p.data, out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_tty_logging(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    os.environ.setdefault("MPLBACKEND", "Agg")
