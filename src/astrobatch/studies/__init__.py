@@ -1,0 +1,1 @@
+"""Studies: each subpackage holds one study's own science (simulator, formats, stages)."""

@@ -1,0 +1,101 @@
+"""train and evaluate: a learned model beats the median baseline, resume equals uninterrupted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from astrobatch.studies.star_sets.evaluate import evaluate
+from astrobatch.studies.star_sets.train import train
+from tests.conftest import shared_data_dir, tiny_params
+
+
+class Interrupt(Callback):
+    """Simulate a killed job: raise at the start of epoch ``at`` (after last.ckpt was saved)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.at:
+            raise KeyboardInterrupt("simulated preemption")
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.parametrize("model", ["deep_sets", "set_transformer"])
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_prepared, model):
+    p = tiny_params(model={"name": model}, training={"max_epochs": 4, "patience": 10})
+    full = train(p, tiny_prepared, tmp_path / "full", tmp_path / "live_full")
+    with pytest.raises(KeyboardInterrupt):
+        train(p, tiny_prepared, tmp_path / "cut", tmp_path / "live_cut", callbacks=[Interrupt(2)])
+    state = json.loads((tmp_path / "cut/train_state.json").read_text())
+    assert state["complete"] is False and (tmp_path / "cut/last.ckpt").is_file()
+    resumed = train(p, tiny_prepared, tmp_path / "cut", tmp_path / "live_cut")
+    assert resumed["resumed"] is True and full["resumed"] is False
+    assert resumed["global_step"] == full["global_step"]
+    assert resumed["best_val_loss"] == pytest.approx(full["best_val_loss"], rel=1e-6)
+    a, b = _weights(tmp_path / "full/last.ckpt"), _weights(tmp_path / "cut/last.ckpt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # the DVCLive curve continues instead of restarting
+    tsv = pd.read_csv(tmp_path / "live_cut/plots/metrics/train/loss.tsv", sep="\t")
+    assert len(tsv) == 4
+
+
+def test_changed_params_start_fresh(tmp_path, tiny_prepared):
+    p = tiny_params(training={"max_epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train(p, tiny_prepared, tmp_path / "m", tmp_path / "l", callbacks=[Interrupt(1)])
+    q = tiny_params(training={"max_epochs": 2, "lr": 1e-3})
+    assert train(q, tiny_prepared, tmp_path / "m", tmp_path / "l")["resumed"] is False
+
+
+def test_same_seed_same_result(tmp_path, tiny_prepared):
+    p = tiny_params(training={"max_epochs": 2})
+    a = train(p, tiny_prepared, tmp_path / "a", tmp_path / "la")
+    b = train(p, tiny_prepared, tmp_path / "b", tmp_path / "lb")
+    assert a["best_val_loss"] == b["best_val_loss"]
+    c = train(tiny_params(seed=4, training={"max_epochs": 2}), tiny_prepared, tmp_path / "c",
+              tmp_path / "lc")  # fmt: skip
+    assert c["best_val_loss"] != a["best_val_loss"]
+
+
+def test_evaluate_writes_metrics_predictions_plots(tmp_path, tiny_prepared):
+    real = shared_data_dir() / "star_sets"
+    files = [str(real / "conf.3_0"), str(real / "conf.3_20")]
+    p = tiny_params(training={"max_epochs": 3}, evaluate={"real_snapshots": files})
+    train(p, tiny_prepared, tmp_path / "m", tmp_path / "live")
+    m = evaluate(p, tiny_prepared, tmp_path / "m", tmp_path / "live", tmp_path / "metrics.json",
+                 tmp_path / "plots", tmp_path / "reports")  # fmt: skip
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == pytest.approx(m)
+    for k in ("test/mae_log_mass", "test/rmse_mass", "test/median_ae_mass", "test/p90_ae_log_mass",
+              "baseline/median/test/mae_log_mass", "test/snapshot/spearman",
+              "test/within_snapshot_std_log_mass"):  # fmt: skip
+        assert np.isfinite(m[k]), k
+    assert m["test/p90_ae_log_mass"] >= m["test/median_ae_log_mass"]
+    assert m["test/rmse_log_mass"] >= m["test/mae_log_mass"]
+    df = pd.read_parquet(tmp_path / "reports/predictions.parquet")
+    assert {"snapshot_id", "sample_id", "prediction", "target"} <= set(df.columns)
+    test = df[df.split == "test"]
+    assert len(test) == m["n_test_snapshots"] * p.sampling.num_sample_per_snapshot
+    np.testing.assert_allclose(
+        np.mean(np.abs(np.log10(test.prediction) - np.log10(test.target))),
+        m["test/mae_log_mass"],
+        rtol=1e-6,
+    )
+    for name in ("pred_vs_true.png", "residual_hist.png", "loss_curves.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 5000
+    if (real / "conf.3_0").is_file():
+        true = m["real/conf.3_0/true_mass"]
+        assert 3000 < true < 7575  # within 2 r_t, of a 7574 Msun cluster
+        assert m["real/conf.3_20/true_mass"] < true  # mass loss over 78 Myr
+        assert np.isfinite(m["real/conf.3_0/pred_mass"])

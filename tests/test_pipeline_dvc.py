@@ -1,0 +1,102 @@
+"""End to end: `dvc repro` of tiny params in a temporary git repository.
+
+Checks that the pipeline runs, that a second `dvc repro` does nothing, that
+changing one param re-runs only the stages that depend on it, and that
+`dvc exp run -S ...` + `dvc exp show --json` + `astrobatch compare` line
+experiments up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "simulate": {"n_runs": 6, "snapshots_per_run": 2, "log10_mass_range": [2.6, 3.0],
+                 "w0_levels": [5.0], "metallicities": [0.002]},
+    "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
+    "model": {"hidden_dim": 16},
+    "training": {"max_epochs": 2, "batch_size": 16},
+    "evaluate": {"real_snapshots": []},
+}  # fmt: skip
+
+
+def _run(args, cwd, env):
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{args} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("repo")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1")  # fmt: skip
+    shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for k, v in TINY.items():
+        params["star_sets"][k].update(v)
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], d, env)
+    _run(["dvc", "init", "-q"], d, env)
+    _run(["dvc", "config", "core.analytics", "false"], d, env)
+    return d, env
+
+
+def test_repro_is_complete_idempotent_and_minimal(repo):
+    d, env = repo
+    out = _run(["dvc", "repro"], d, env)
+    for s in ("simulate", "prepare", "train", "evaluate"):
+        assert f"Running stage 'star_sets_{s}'" in out
+    m = json.loads((d / "metrics/star_sets.json").read_text())
+    assert {"test/mae_log_mass", "baseline/median/test/mae_log_mass"} <= set(m)
+    assert (d / "plots/star_sets/pred_vs_true.png").is_file()
+    assert (d / "reports/star_sets/predictions.parquet").is_file()
+    assert (d / "dvc.lock").is_file()
+
+    again = _run(["dvc", "repro"], d, env)
+    assert "Running stage" not in again
+
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["star_sets"]["training"]["max_epochs"] = 3
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run(["dvc", "repro"], d, env)
+    assert "Running stage 'star_sets_train'" in third
+    assert "Running stage 'star_sets_evaluate'" in third
+    assert "Running stage 'star_sets_simulate'" not in third
+    assert "Running stage 'star_sets_prepare'" not in third
+    state = json.loads((d / "models/star_sets/train_state.json").read_text())
+    assert state["complete"] and state["resumed"] is False  # a changed run starts fresh
+
+
+def test_experiments_and_compare(repo):
+    d, env = repo
+    _run(["git", "add", "-A"], d, env)
+    _run(["git", "commit", "-qm", "baseline"], d, env)
+    _run(["dvc", "exp", "run", "-S", "star_sets.model.name=summary_stats"], d, env)
+    r = subprocess.run(["dvc", "exp", "show", "--json"], cwd=d, env=env, capture_output=True,
+                       text=True)  # fmt: skip
+    (d / "exp.json").write_text(r.stdout)
+    _run(
+        ["astrobatch", "compare", "--exp-json", "exp.json", "--metric", "test/mae_log_mass",
+         "--param", "star_sets.model.name", "--baseline", "baseline/median/test/mae_log_mass",
+         "--out", "reports/compare", "--name", "models"],
+        d, env,
+    )  # fmt: skip
+    md = (d / "reports/compare/models.md").read_text()
+    assert "summary_stats" in md and "deep_sets" in md
+    assert (d / "reports/compare/models.png").stat().st_size > 5000
