@@ -62,8 +62,8 @@ class StarSetsSimulate(Strict):
     """Parameters of the star_sets simulator (King models sampled with galpy)."""
 
     seed: int = Field(2024, description="seed of the simulated data set (not of training)")
-    n_runs: int = Field(24, ge=3, description="number of simulated runs (initial conditions)")
-    snapshots_per_run: int = Field(6, ge=1, description="snapshots per run, evenly spaced in time")
+    n_runs: int = Field(48, ge=3, description="number of simulated runs (initial conditions)")
+    snapshots_per_run: int = Field(5, ge=1, description="snapshots per run, evenly spaced in time")
     log10_mass_range: tuple[float, float] = Field(
         (3.0, 4.2), description="initial cluster mass range, log10 Msun"
     )

@@ -67,7 +67,7 @@ def kroupa_inverse_cdf(u, m_min: float = 0.08, m_max: float = 50.0) -> np.ndarra
 
     The IMF is the broken power law xi(m) ∝ m^-1.3 for m < 0.5 Msun and
     m^-2.3 above, continuous at 0.5 Msun, truncated to [m_min, m_max]
-    (Kroupa 2001, MNRAS 322, 231, arXiv:astro-ph/0009005, eq. 2).
+    (Kroupa 2001, MNRAS 322, 231, arXiv:astro-ph/0009005).
 
     Parameters
     ----------
@@ -108,7 +108,7 @@ def sample_kroupa_imf(
     (:func:`kroupa_inverse_cdf`; Kroupa 2001, arXiv:astro-ph/0009005) and
     accumulated until the running total reaches ``total_mass``; the last star
     is kept only if that brings the sum closer to the target ("stop-nearest",
-    Haas & Anders 2010, arXiv:1002.1050), so ``|sum - total_mass| <= m_max / 2``.
+    Haas & Anders 2010, A&A 512, A79), so ``|sum - total_mass| <= m_max / 2``.
 
     Parameters
     ----------
@@ -164,8 +164,9 @@ def mass_luminosity(m) -> np.ndarray:
 
     ``L/Lsun = 0.23 m^2.3`` (m < 0.43), ``m^4`` (0.43 <= m < 2),
     ``1.4 m^3.5`` (2 <= m < 55), ``32000 m`` (m >= 55), with m in Msun
-    (Duric 2004, *Advanced Astrophysics*, Cambridge University Press, sect. 1.5;
-    the same fits as Salaris & Cassisi 2005, ch. 5, to within their scatter).
+    (Duric 2004, *Advanced Astrophysics*, Cambridge University Press; compare
+    the main-sequence models in Salaris & Cassisi 2005, *Evolution of Stars and
+    Stellar Populations*). The pieces join only approximately (a few per cent).
 
     Parameters
     ----------
@@ -195,8 +196,8 @@ def turnoff_mass(t_myr, metallicity=0.02) -> np.ndarray:
 
     Main-sequence lifetime ``t_MS = 10 Gyr (m/Msun)^-2.5 (Z/0.02)^0.1``; the
     first factor is the textbook scaling t_MS ∝ M/L with L ∝ m^3.5 (e.g.
-    Carroll & Ostlie, *An Introduction to Modern Astrophysics*, 2nd ed.,
-    sect. 13.1; Hansen, Kawaler & Trimble 2004, sect. 1.3); the mild
+    Carroll & Ostlie, *An Introduction to Modern Astrophysics*; Hansen,
+    Kawaler & Trimble 2004, *Stellar Interiors*); the mild
     metallicity factor is an illustrative approximation of the sense and rough
     size of the trend in the Hurley, Pols & Tout (2000, arXiv:astro-ph/0001295)
     lifetimes (metal-poor stars leave the main sequence earlier), not a fit.
@@ -247,8 +248,8 @@ def jacobi_radius_pc(mass_msun, r_gc_kpc: float = 8.0):
     """Jacobi (tidal) radius of a cluster on a circular orbit in MWPotential2014.
 
     ``r_t^3 = G M / (Omega^2 - d^2 Phi / dr^2)`` evaluated at galactocentric
-    radius ``r_gc_kpc`` in the plane (King 1962; Webb et al. 2019,
-    arXiv:1811.01067), computed with :func:`galpy.potential.rtide` in
+    radius ``r_gc_kpc`` in the plane (King 1962, AJ 67, 471; the form
+    implemented by galpy), computed with :func:`galpy.potential.rtide` in
     ``MWPotential2014`` (Bovy 2015, arXiv:1412.3451) with ro = 8 kpc and
     vo = 220 km/s. galpy is evaluated once per ``r_gc_kpc`` for M = 1 Msun
     (cached) and the result is scaled as ``M^(1/3)``, which is exact for this
@@ -293,8 +294,8 @@ def density_centre(pos, mass, k: int = 6) -> np.ndarray:
     Each star's local density is ``rho_j = 3 sum_{i<k} m_i / (4 pi r_{j,k}^3)``
     from its k-th nearest neighbour distance ``r_{j,k}`` and the masses of its
     k-1 nearest neighbours; the centre is ``sum rho_j x_j / sum rho_j``
-    (Casertano & Hut 1985, ApJ 298, 80, eqs. II.1-II.2; the convention of
-    NBODY6, Aarseth 2003, *Gravitational N-Body Simulations*, sect. 9.2).
+    (Casertano & Hut 1985, ApJ 298, 80; the convention of NBODY6, Aarseth
+    2003, *Gravitational N-Body Simulations*).
     Neighbours come from a :class:`scipy.spatial.cKDTree`: O(N log N).
     Sparse stars (tails, field) get negligible weight.
 
