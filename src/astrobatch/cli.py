@@ -22,11 +22,7 @@ app.add_typer(star_sets_app, name="star-sets")
 def _mount_compare() -> None:
     from astrobatch.compare_cli import compare
 
-    app.command(
-        "compare",
-        help="Compare DVC experiments: a metric against one swept parameter "
-        "(mean and spread over seeds) as a markdown table and a figure.",
-    )(compare)
+    app.command("compare")(compare)
 
 
 _mount_compare()

@@ -130,10 +130,17 @@ def fit(
 
     checkpoint = ModelCheckpoint(
         dirpath=model_dir, filename="best", monitor="val/loss", mode="min",
-        save_top_k=1, save_last=True, enable_version_counter=False,
+        save_top_k=1, enable_version_counter=False,
+    )  # fmt: skip
+    # `save_last=True` refreshes last.ckpt only when a new best is saved; resuming needs the
+    # state of every epoch, so a second, unmonitored checkpoint overwrites last.ckpt each epoch.
+    last = ModelCheckpoint(
+        dirpath=model_dir, filename="last", monitor=None, save_top_k=1,
+        enable_version_counter=False,
     )  # fmt: skip
     cbs: list[Callback] = [
         checkpoint,
+        last,
         EarlyStopping(monitor="val/loss", mode="min", patience=training.patience),
         *(callbacks or []),
     ]

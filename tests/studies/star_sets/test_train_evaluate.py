@@ -15,6 +15,10 @@ from astrobatch.studies.star_sets.train import train
 from tests.conftest import shared_data_dir, tiny_params
 
 
+class Preempted(RuntimeError):
+    """Stands for a killed job."""
+
+
 class Interrupt(Callback):
     """Simulate a killed job: raise at the start of epoch ``at`` (after last.ckpt was saved)."""
 
@@ -23,7 +27,7 @@ class Interrupt(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.at:
-            raise KeyboardInterrupt("simulated preemption")
+            raise Preempted("simulated preemption")
 
 
 def _weights(path):
@@ -34,7 +38,7 @@ def _weights(path):
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_prepared, model):
     p = tiny_params(model={"name": model}, training={"max_epochs": 4, "patience": 10})
     full = train(p, tiny_prepared, tmp_path / "full", tmp_path / "live_full")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Preempted):
         train(p, tiny_prepared, tmp_path / "cut", tmp_path / "live_cut", callbacks=[Interrupt(2)])
     state = json.loads((tmp_path / "cut/train_state.json").read_text())
     assert state["complete"] is False and (tmp_path / "cut/last.ckpt").is_file()
@@ -52,7 +56,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_prepared
 
 def test_changed_params_start_fresh(tmp_path, tiny_prepared):
     p = tiny_params(training={"max_epochs": 2})
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Preempted):
         train(p, tiny_prepared, tmp_path / "m", tmp_path / "l", callbacks=[Interrupt(1)])
     q = tiny_params(training={"max_epochs": 2, "lr": 1e-3})
     assert train(q, tiny_prepared, tmp_path / "m", tmp_path / "l")["resumed"] is False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from astrobatch.data.sets import SetDataModule
@@ -52,6 +53,7 @@ def train(
         params.training.num_workers,
     )  # fmt: skip
     train_ds = dm.dataset("train")
+    L.seed_everything(params.seed, workers=True, verbose=False)  # seeds the initial weights
     model = build_set_model(params.model, in_features=train_ds.n_features)
     t = params.training
     task = RegressionTask(model, t.lr, t.weight_decay, t.huber_delta, t.max_epochs)

@@ -1,0 +1,8 @@
+"""Pure ``torch.nn`` architectures shared by studies (no Lightning here).
+
+A LightningModule in :mod:`astrobatch.tasks` wraps one of these modules; every
+module is built from typed parameters (see :mod:`astrobatch.params`).
+
+- :mod:`astrobatch.nn.sets`: mask-aware, permutation-invariant set models
+  (summary-statistics MLP, Deep Sets, Set Transformer).
+"""
