@@ -103,3 +103,35 @@ def test_evaluate_writes_metrics_predictions_plots(tmp_path, tiny_prepared):
         assert 3000 < true < 7575  # within 2 r_t, of a 7574 Msun cluster
         assert m["real/conf.3_20/true_mass"] < true  # mass loss over 78 Myr
         assert np.isfinite(m["real/conf.3_0/pred_mass"])
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    """A small simulated set spanning 1.2 dex in mass, prepared (20 runs x 2 snapshots)."""
+    from astrobatch.studies.star_sets.prepare import prepare
+    from astrobatch.studies.star_sets.simulate import simulate_to_file
+
+    d = tmp_path_factory.mktemp("learnable")
+    sim = {"n_runs": 20, "snapshots_per_run": 2, "log10_mass_range": [2.5, 3.7]}
+    p = tiny_params(
+        simulate=sim,
+        data={"raw_path": str(d / "raw.h5")},
+        sampling={"num_star_per_sample": 64, "num_sample_per_snapshot": 8},
+        model={"hidden_dim": 32},
+        training={"max_epochs": 25, "batch_size": 16, "patience": 25},
+    )
+    simulate_to_file(p.simulate, p.simulate.seed, d / "raw.h5")
+    prepare(p.data, d / "prep")
+    return p, d
+
+
+@pytest.mark.parametrize("model", ["summary_stats", "deep_sets"])
+def test_learned_model_beats_median_baseline(learnable, model):
+    p, d = learnable
+    p = p.model_copy(update={"model": p.model.model_copy(update={"name": model})})
+    train(p, d / "prep", d / model, d / f"{model}_live")
+    m = evaluate(p, d / "prep", d / model, d / f"{model}_live", d / f"{model}.json",
+                 d / f"{model}_plots", d / f"{model}_reports")  # fmt: skip
+    # on the default data set (10x larger) the gain is ~75%; on this small one ask for 20%
+    assert m["test/mae_log_mass"] < 0.8 * m["baseline/median/test/mae_log_mass"]
+    assert m["test/snapshot/spearman"] > 0.5
