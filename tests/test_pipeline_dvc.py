@@ -54,6 +54,8 @@ def repo(tmp_path_factory):
     _run(["git", "init", "-q"], d, env)
     _run(["dvc", "init", "-q"], d, env)
     _run(["dvc", "config", "core.analytics", "false"], d, env)
+    _run(["git", "add", "-A"], d, env)
+    _run(["git", "commit", "-qm", "tiny project"], d, env)
     return d, env
 
 
