@@ -69,6 +69,14 @@ def compare(
         str | None,
         typer.Option(help="Output file stem. Default: <metric>_vs_<param>[_by_<hue>]."),
     ] = None,
+    experiments_only: Annotated[
+        bool,
+        typer.Option(
+            "--experiments-only/--all-rows",
+            help="Keep only DVC experiments (drop the workspace and commit rows, e.g. when "
+            "`dvc exp show -A` lists several commits with the same params).",
+        ),
+    ] = False,
 ) -> None:
     """Compare DVC experiments: one metric against one swept parameter.
 
@@ -101,6 +109,10 @@ def compare(
         )
 
         df = load_experiments(exp_json)
+        if experiments_only:
+            df = df[df["kind"] == "experiment"]
+            if df.empty:
+                raise InputError("no DVC experiment rows (only workspace/commits)", key="kind")
         summary = summarise(df, metric, param, hue=hue)
         baselines = baseline_values(df, baseline or [])
         stem = name or default_stem(metric, param, hue)

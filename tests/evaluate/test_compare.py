@@ -400,3 +400,11 @@ def test_cli_runs_dvc_in_a_real_repo(tmp_path, monkeypatch):
     md = (repo / "reports/compare/test_mae_vs_study.model.name.md").read_text()
     assert "| a | 0.31 | 1 |" in md and "| b | 0.215 ± 0.007071 | 2 |" in md
     _is_png(repo / "reports/compare/test_mae_vs_study.model.name.png")
+
+
+def test_cli_experiments_only_drops_commit_rows(tmp_path):
+    args = ["--exp-json", str(FIXTURE), "-m", METRIC, "--param", MODEL, "-o", str(tmp_path)]
+    every = runner.invoke(app, args)
+    only = runner.invoke(app, [*args, "--experiments-only"])
+    assert every.exit_code == only.exit_code == 0
+    assert "12 experiments" in every.stdout and "11 experiments" in only.stdout
