@@ -39,4 +39,4 @@ compare: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp show --json > reports/exp_show.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/astrobatch compare --exp-json reports/exp_show.json \
 	  --metric test/mae_log_mass --param star_sets.model.name \
-	  --baseline baseline/median/test/mae_log_mass --out reports/compare
+	  --baseline baseline/median/test/mae_log_mass --experiments-only --out reports/compare

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from astrobatch.slurm import app as slurm_app
 from astrobatch.studies.star_sets.stages import app as star_sets_app
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(star_sets_app, name="star-sets")
+app.add_typer(slurm_app, name="slurm")
 
 
 def _mount_compare() -> None:

@@ -202,6 +202,7 @@ class TrainingParams(Strict):
     num_workers: int = Field(0, ge=0)
     accelerator: str = "auto"
     devices: int | str = 1
+    num_nodes: int = Field(1, ge=1, description="nodes (multi-node DDP under SLURM: srun)")
     strategy: str = "auto"
     precision: str = "32-true"
     resume: Literal["auto", "never"] = Field(

@@ -8,7 +8,9 @@ determines the run (params, prepared data); if an identical run was
 interrupted, the next call continues from ``last.ckpt``; otherwise the folder
 is cleared and training starts afresh. Data draws depend only on (seed,
 epoch, index) (:mod:`astrobatch.data.sets`), so a resumed run ends with the
-same weights as an uninterrupted one.
+same weights as an uninterrupted one. Under SLURM, SIGUSR1 makes Lightning save
+``hpc_ckpt_<n>.ckpt`` in the model folder and requeue the job; the requeued run
+resumes from whichever of it and ``last.ckpt`` is newer (see :mod:`astrobatch.slurm`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from astrobatch.io.atomic import write_json
 from astrobatch.params import TrainingParams
@@ -30,6 +35,7 @@ from astrobatch.progress import interactive
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
+HPC_GLOB = "hpc_ckpt_*.ckpt"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -68,14 +74,17 @@ class EpochLog(Callback):
 
 
 def _resume_path(model_dir: Path, fp: str, mode: str) -> Path | None:
-    state_path, last = model_dir / STATE_FILE, model_dir / "last.ckpt"
-    if mode == "auto" and state_path.is_file() and last.is_file():
+    state_path = model_dir / STATE_FILE
+    if mode == "auto" and state_path.is_file():
         try:
             state = json.loads(state_path.read_text())
         except json.JSONDecodeError:
             state = {}
         if state.get("fingerprint") == fp and not state.get("complete", False):
-            return last
+            # last.ckpt (every epoch) or, when newer, the hpc_ckpt_<n>.ckpt that Lightning saves
+            # on SLURM's requeue signal (SLURMEnvironment below)
+            ckpts = [p for p in (model_dir / "last.ckpt", *model_dir.glob(HPC_GLOB)) if p.is_file()]
+            return max(ckpts, key=lambda p: p.stat().st_mtime, default=None)
     return None
 
 
@@ -118,14 +127,17 @@ def fit(
 
     model_dir, live_dir = Path(model_dir), Path(live_dir)
     ckpt = _resume_path(model_dir, fp, training.resume)
-    if ckpt is None:
+    # Under srun / DDP every rank runs this function: only rank 0 clears and marks the folders.
+    first = all(os.environ.get(v, "0") == "0" for v in ("SLURM_PROCID", "RANK", "LOCAL_RANK"))
+    if ckpt is None and first:
         for p in (model_dir, live_dir):
             if p.exists():
                 shutil.rmtree(p)
-    else:
+    elif ckpt is not None:
         log.info("resuming interrupted run from %s", ckpt)
     model_dir.mkdir(parents=True, exist_ok=True)
-    write_json(model_dir / STATE_FILE, {"fingerprint": fp, "complete": False})
+    if first:
+        write_json(model_dir / STATE_FILE, {"fingerprint": fp, "complete": False})
     L.seed_everything(seed, workers=True, verbose=False)
 
     checkpoint = ModelCheckpoint(
@@ -150,11 +162,19 @@ def fit(
         dir=str(live_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False,
         report=None,
     )  # fmt: skip
+    # Under SLURM: on SIGUSR1 (`sbatch --signal=B:USR1@120`, forwarded by `astrobatch slurm
+    # run-task`) Lightning saves hpc_ckpt_<n>.ckpt in default_root_dir and requeues the job.
+    plugins = []
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
     trainer = L.Trainer(
         max_epochs=training.max_epochs,
         accelerator=training.accelerator,
         devices=training.devices,
+        num_nodes=training.num_nodes,
         strategy=training.strategy,
+        plugins=plugins or None,
+        default_root_dir=model_dir,
         precision=training.precision,
         gradient_clip_val=training.gradient_clip_val,
         callbacks=cbs,
@@ -183,6 +203,8 @@ def fit(
         "world_size": trainer.world_size,
     }
     if trainer.is_global_zero:
+        for p in model_dir.glob(HPC_GLOB):  # superseded by best.ckpt/last.ckpt
+            p.unlink()
         write_json(model_dir / STATE_FILE, state)
     return state
 
