@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from astrobatch.params import StarSetsParams
 
@@ -69,3 +73,38 @@ def tiny_prepared(tmp_path_factory, tiny_raw) -> Path:
 def _no_tty_logging(monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+#: star_sets params overrides of the tiny temporary DVC projects (seconds per stage).
+TINY_REPO_PARAMS = {
+    "simulate": {"n_runs": 6, "snapshots_per_run": 2, "log10_mass_range": [2.6, 3.0],
+                 "w0_levels": [5.0], "metallicities": [0.002]},
+    "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
+    "model": {"hidden_dim": 16},
+    "training": {"max_epochs": 2, "batch_size": 16},
+    "evaluate": {"real_snapshots": []},
+}  # fmt: skip
+
+
+def run_ok(args, cwd, env, timeout: int = 600) -> str:
+    """Run a command, assert exit status 0 (showing its output otherwise), return its output."""
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{args} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def make_tiny_repo(d: Path, env: dict[str, str]) -> None:
+    """A committed git + DVC copy of the project (dvc.yaml, src/) with tiny star_sets params."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for k, v in TINY_REPO_PARAMS.items():
+        params["star_sets"][k].update(v)
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_ok(["git", "init", "-q"], d, env)
+    run_ok([dvc, "init", "-q"], d, env)
+    run_ok([dvc, "config", "core.analytics", "false"], d, env)
+    run_ok(["git", "add", "-A"], d, env)
+    run_ok(["git", "commit", "-qm", "tiny project"], d, env)

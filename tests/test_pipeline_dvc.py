@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,24 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import make_tiny_repo, run_ok
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "simulate": {"n_runs": 6, "snapshots_per_run": 2, "log10_mass_range": [2.6, 3.0],
-                 "w0_levels": [5.0], "metallicities": [0.002]},
-    "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
-    "model": {"hidden_dim": 16},
-    "training": {"max_epochs": 2, "batch_size": 16},
-    "evaluate": {"real_snapshots": []},
-}  # fmt: skip
-
-
-def _run(args, cwd, env):
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{args} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r.stdout + r.stderr
+_run = run_ok
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +31,7 @@ def repo(tmp_path_factory):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1")  # fmt: skip
-    shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for k, v in TINY.items():
-        params["star_sets"][k].update(v)
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], d, env)
-    _run(["dvc", "init", "-q"], d, env)
-    _run(["dvc", "config", "core.analytics", "false"], d, env)
-    _run(["git", "add", "-A"], d, env)
-    _run(["git", "commit", "-qm", "tiny project"], d, env)
+    make_tiny_repo(d, env)
     return d, env
 
 

@@ -33,7 +33,7 @@ from astrobatch.slurm import (
     render_sbatch,
     sweep_status,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_tiny_repo
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
@@ -317,30 +317,9 @@ def test_resume_prefers_the_newer_of_last_and_hpc_checkpoint(tmp_path):
     assert _resume_path(tmp_path, "f", "never") is None
 
 
-TINY = {
-    "simulate": {"n_runs": 6, "snapshots_per_run": 2, "log10_mass_range": [2.6, 3.0],
-                 "w0_levels": [5.0], "metallicities": [0.002]},
-    "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
-    "model": {"hidden_dim": 16},
-    "training": {"max_epochs": 2, "batch_size": 16},
-    "evaluate": {"real_snapshots": []},
-}  # fmt: skip
-
-
 def _tiny_repo(d: Path, env: dict[str, str]) -> None:
     """A committed git + DVC project with tiny star_sets params (as in test_pipeline_dvc)."""
-    d.mkdir()
-    shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for k, v in TINY.items():
-        params["star_sets"][k].update(v)
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], d, env)
-    _run([str(BIN / "dvc"), "init", "-q"], d, env)
-    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], d, env)
-    _run(["git", "add", "-A"], d, env)
-    _run(["git", "commit", "-qm", "project"], d, env)
+    make_tiny_repo(d, env)
 
 
 def _experiments(d: Path, env: dict[str, str]) -> dict[str, dict]:

@@ -116,11 +116,11 @@ class SetSampleDataset(Dataset):
         a, b = int(self.ptr[i]), int(self.ptr[i + 1])
         if self.features is not None:
             return self.features[a:b]
-        if self._h5 is None:  # opened lazily, once per DataLoader worker
+        if self._h5 is None:  # opened lazily, once per DataLoader worker; handle kept
             import h5py
 
-            self._h5 = h5py.File(self.path, "r")
-        return self._h5["features"][a:b]
+            self._h5 = h5py.File(self.path, "r")["features"]
+        return self._h5[a:b]
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         index, epoch = (key, 0) if np.isscalar(key) else key

@@ -111,6 +111,7 @@ class H5Source(RawSource):
         except OSError as err:
             raise InputError(f"not a readable HDF5 file ({err})", p) from None
         self.eg, sg = csr_groups(self.f, p)
+        self._columns: dict[str, h5py.Dataset] = {}
         self.ptr = self.f["ptr"][()]
         if not np.issubdtype(self.ptr.dtype, np.integer) or self.ptr[0] != 0:
             raise InputError("expected int64 CSR pointer starting at 0", p, "ptr")
@@ -129,10 +130,11 @@ class H5Source(RawSource):
                 )
             self.sets[k] = v
 
-    def read_rows(self, start, stop, keys):
-        g = self.f[self.eg]
-        cols = []
-        for k in keys:
+    def _column(self, k: str) -> h5py.Dataset:
+        # Dataset handles are opened and checked once: re-opening a column for every
+        # snapshot throws away HDF5's chunk cache (each read would decompress a whole chunk).
+        if k not in self._columns:
+            g = self.f[self.eg]
             if k not in g:
                 raise InputError(
                     f"missing star column; present: {sorted(g.keys())}", self.path, f"{self.eg}/{k}"
@@ -144,8 +146,11 @@ class H5Source(RawSource):
                     self.path,
                     f"{self.eg}/{k}",
                 )
-            cols.append(d[start:stop])
-        return np.stack(cols, axis=1).astype(np.float64)
+            self._columns[k] = d
+        return self._columns[k]
+
+    def read_rows(self, start, stop, keys):
+        return np.stack([self._column(k)[start:stop] for k in keys], axis=1).astype(np.float64)
 
     def close(self):
         self.f.close()
