@@ -41,9 +41,10 @@ def tiny_params(**overrides) -> StarSetsParams:
         "evaluate": {"real_snapshots": []},
     }
     for key, value in overrides.items():
-        base.setdefault(key, {}).update(value) if isinstance(value, dict) else base.update(
-            {key: value}
-        )
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
     return StarSetsParams.model_validate(base)
 
 
