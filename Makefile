@@ -31,11 +31,11 @@ test: lint
 sweep: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run --queue \
 	  -S 'star_sets.model.name=summary_stats,deep_sets,set_transformer' -S 'star_sets.seed=1,2,3'
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc queue start --jobs 1
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc queue status
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run --run-all --jobs 1
 	$(MAKE) compare
 
 compare: env
+	mkdir -p reports
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp show --json > reports/exp_show.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/astrobatch compare --exp-json reports/exp_show.json \
 	  --metric test/mae_log_mass --param star_sets.model.name \
