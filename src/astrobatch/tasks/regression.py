@@ -60,18 +60,23 @@ class RegressionTask(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
+        """Huber loss of one training batch (logged per epoch as ``train/loss``)."""
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
+        """Loss and MAE (model space) of one validation batch: ``val/loss``, ``val/mae``."""
         return self._step(batch, "val")
 
     def test_step(self, batch, batch_idx):
+        """Loss and MAE (model space) of one test batch: ``test/loss``, ``test/mae``."""
         return self._step(batch, "test")
 
     def on_train_epoch_start(self) -> None:
+        """Log the learning rate of the epoch (``lr``)."""
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, sync_dist=False)
 
     def configure_optimizers(self):
+        """AdamW with cosine annealing over ``max_epochs``, stepped once per epoch."""
         opt = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )

@@ -68,6 +68,7 @@ class RawSource(abc.ABC):
 
     @property
     def n_sets(self) -> int:
+        """Number of snapshots."""
         return len(self.ptr) - 1
 
     @abc.abstractmethod
