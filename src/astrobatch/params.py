@@ -75,6 +75,11 @@ class StarSetsSimulate(Strict):
     galactocentric_radius_kpc: float = Field(
         8.0, gt=0, description="circular orbit radius in MWPotential2014 defining r_t, kpc"
     )
+    filling_factor_range: tuple[float, float] = Field(
+        (0.7, 1.3),
+        description="King truncation radius / Jacobi radius at t = 0, per run (log-uniform); "
+        "the cluster then expands adiabatically with its stellar-evolution mass loss",
+    )
     binary_fraction: float = Field(0.3, ge=0, le=1)
     escaper_fraction_max: float = Field(
         0.3, ge=0, le=1, description="fraction of stars beyond r_t at the last snapshot"
@@ -86,6 +91,15 @@ class StarSetsSimulate(Strict):
     @classmethod
     def _mass_range(cls, v):
         return _check_range(v, 0.0, 8.0, "log10_mass_range")
+
+    @field_validator("filling_factor_range")
+    @classmethod
+    def _filling(cls, v):
+        if not 0 < v[0] <= v[1] <= 1.5:
+            raise ValueError(
+                f"filling_factor_range must satisfy 0 < low <= high <= 1.5, got {list(v)}"
+            )
+        return v
 
     @field_validator("imf_mass_range")
     @classmethod

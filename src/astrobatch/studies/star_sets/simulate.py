@@ -23,12 +23,16 @@ Evolution
     order biased to low masses (weights m^-1/2, Efraimidis & Spirakis 2006).
 Bound systems
     King (1966, AJ 71, 64) model with the run's W0 (:class:`galpy.df.kingdf`),
-    truncated at r_t = Jacobi radius of the bound mass M_b
-    (:func:`~.physics.jacobi_radius_pc`).
+    truncated at r_K = f r_t, with r_t the Jacobi radius of the bound mass M_b
+    (:func:`~.physics.jacobi_radius_pc`). The filling factor f is drawn per run,
+    log-uniform in ``filling_factor_range`` (under- and over-filling clusters,
+    so that size alone does not give the mass), and grows with the
+    stellar-evolution mass loss as adiabatic expansion, r ∝ 1/M (Hills 1980,
+    ApJ 235, 986): f(t) = f0 M0 / M_alive(t), capped at 1.5.
     King models are self-similar at fixed W0, so one pool per W0 is sampled in
-    natural units (G = M = r_t = 1, cached) and each snapshot draws a subset,
-    applies a random rotation and scales positions by r_t and velocities by
-    sqrt(G M_b / r_t), G = 4.30091e-3 pc (km/s)^2 / Msun. No mass segregation.
+    natural units (G = M = r_K = 1, cached) and each snapshot draws a subset,
+    applies a random rotation and scales positions by r_K and velocities by
+    sqrt(G M_b / r_K), G = 4.30091e-3 pc (km/s)^2 / Msun. No mass segregation.
 Escapers
     Leading (+y, slightly +x, towards the Galactic centre) and trailing (-y,
     slightly -x) tidal tails: distance r_t (1 + Exp(1)/2) + drift speed x time
@@ -93,6 +97,8 @@ FIELD_SIGMA_KMS = 20.0
 #: Range of binary separations (log-uniform), AU.
 BINARY_SEPARATION_AU = (10.0, 1000.0)
 AU_PC = 4.84813681109536e-6
+#: Largest King truncation radius, in Jacobi radii (over-filling clusters lose stars fast).
+MAX_FILLING = 1.5
 KMS_PC_PER_MYR = 1.0227121650537077
 #: Size of the natural-unit King pool drawn per W0 (grown when a cluster needs more).
 KING_POOL_SIZE = 2**17
@@ -110,6 +116,7 @@ UNITS = {
     "r_half_mass": "pc", "r_tidal": "pc",
     "distance_pc": "pc", "centre_lon_deg": "deg", "centre_lat_deg": "deg",
     "ic_w0": "1", "ic_metallicity": "Z", "ic_mass_level": "1", "ic_mass": "Msun",
+    "ic_filling_factor": "1", "r_king": "pc",
 }  # fmt: skip
 
 ELEMENT_COLUMNS: tuple[str, ...] = (*STAR_COLUMNS, "is_member", "is_binary")
@@ -128,6 +135,8 @@ SET_COLUMNS: tuple[str, ...] = (
     "ic_metallicity",
     "ic_mass_level",
     "ic_mass",
+    "ic_filling_factor",
+    "r_king",
 )
 
 
@@ -315,6 +324,8 @@ class _Run:
         keys = np.log(rng.random(n)) / w
         self.escape_rank = np.empty(n, dtype=np.int64)
         self.escape_rank[np.argsort(-keys, kind="stable")] = np.arange(n)
+        lo_f, hi_f = params.filling_factor_range
+        self.filling = float(np.exp(rng.uniform(np.log(lo_f), np.log(hi_f))))
 
 
 def _binary_photocentre(
@@ -394,12 +405,15 @@ def _snapshot(
     m_bound = float(m_sys[bound].sum())
     # with no bound stars left, place the tails around the Jacobi radius of what remains
     r_t = jacobi_radius_pc(m_bound if m_bound > 0 else float(m_sys[exists].sum()), r_gc)
-    v_scale = np.sqrt(G_PC_KMS2_MSUN * m_bound / r_t) if m_bound > 0 else 0.0
+    # adiabatic expansion with the stellar-evolution mass loss (escapers excluded)
+    expansion = run.initial_mass / max(float(m_sys[exists].sum()), 1e-300)
+    r_king = min(run.filling * expansion, MAX_FILLING) * r_t
+    v_scale = np.sqrt(G_PC_KMS2_MSUN * m_bound / r_king) if m_bound > 0 else 0.0
     pool_n = max(KING_POOL_SIZE, 1 << int(np.ceil(np.log2(max(n_b, 1)))))
     pool_pos, pool_vel = king_pool(run.w0, pool_seed, pool_n)
     pick = rng.choice(pool_n, size=n_b, replace=False)
     rot = _random_rotation(rng)
-    pos_b = pool_pos[pick] @ rot.T * r_t
+    pos_b = pool_pos[pick] @ rot.T * r_king
     vel_b = pool_vel[pick] @ rot.T * v_scale
     sigma = float(np.sqrt(np.mean(np.var(vel_b, axis=0)))) if n_b > 1 else 0.1
 
@@ -470,6 +484,7 @@ def _snapshot(
         "distance_pc": d,
         "centre_lon_deg": lon,
         "centre_lat_deg": lat,
+        "r_king": r_king,
     }
     return elements, per_set
 
@@ -506,7 +521,8 @@ def simulate(
         ``n_stars_within_2x_r_tidal``, ``r_half_mass``, ``r_tidal`` (pc),
         ``distance_pc``, ``centre_lon_deg``, ``centre_lat_deg``,
         ``ic_w0``, ``ic_metallicity``, ``ic_mass_level`` (int64),
-        ``ic_mass`` (Msun, realised initial mass).
+        ``ic_mass`` (Msun, realised initial mass), ``ic_filling_factor``
+        (King truncation radius / Jacobi radius at t = 0), ``r_king`` (pc).
 
     Raises
     ------
@@ -542,6 +558,7 @@ def simulate(
             sets["ic_metallicity"].append(run.metallicity)
             sets["ic_mass_level"].append(run.mass_level)
             sets["ic_mass"].append(run.initial_mass)
+            sets["ic_filling_factor"].append(run.filling)
             done += 1
             if progress is not None:
                 progress(done, total)
