@@ -63,6 +63,42 @@ def sample_set(
     return rng.choice(n, size=k, replace=False) if k else np.zeros(0, dtype=np.int64)
 
 
+def padded_sample(
+    rows: np.ndarray, rng: np.random.Generator, sampling: SamplingParams, drop: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one sample of a set with :func:`sample_set` and zero-pad it.
+
+    Parameters
+    ----------
+    rows : numpy.ndarray, shape (n, F)
+        Scaled features of the set's elements.
+    rng : numpy.random.Generator
+    sampling : SamplingParams
+    drop : bool
+        Apply random dropping.
+
+    Returns
+    -------
+    x : numpy.ndarray, shape (num_star_per_sample, F), float32
+        Drawn elements first (in their original order), zeros after.
+    mask : numpy.ndarray, shape (num_star_per_sample,), bool
+        True for drawn elements.
+
+    Examples
+    --------
+    >>> x, m = padded_sample(np.ones((3, 2)), np.random.default_rng(0), SamplingParams(), False)
+    >>> x.shape, int(m.sum())
+    ((128, 2), 3)
+    """
+    sel = np.sort(sample_set(len(rows), rng, sampling, drop=drop))
+    N = sampling.num_star_per_sample
+    x = np.zeros((N, rows.shape[1]), dtype=np.float32)
+    mask = np.zeros(N, dtype=bool)
+    x[: len(sel)] = rows[sel]
+    mask[: len(sel)] = True
+    return x, mask
+
+
 class SetSampleDataset(Dataset):
     """Samples of sets from one prepared shard, padded to a fixed size.
 
@@ -127,14 +163,8 @@ class SetSampleDataset(Dataset):
         epoch = epoch if self.train else 0
         set_index, sample_index = divmod(int(index), self.sampling.num_sample_per_snapshot)
         rng = np.random.default_rng((self.seed, int(epoch), int(index), 0 if self.train else 1))
-        rows = self._rows(set_index)
         drop = self.train or self.sampling.drop_at_eval
-        sel = np.sort(sample_set(len(rows), rng, self.sampling, drop=drop))
-        N = self.sampling.num_star_per_sample
-        x = np.zeros((N, self.n_features), dtype=np.float32)
-        mask = np.zeros(N, dtype=bool)
-        x[: len(sel)] = rows[sel]
-        mask[: len(sel)] = True
+        x, mask = padded_sample(self._rows(set_index), rng, self.sampling, drop)
         return {
             "x": torch.from_numpy(x),
             "mask": torch.from_numpy(mask),

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, load_scalers
-from astrobatch.data.sets import SetDataModule, sample_set
+from astrobatch.data.sets import SetDataModule, padded_sample
 from astrobatch.evaluate import metrics as M
 from astrobatch.evaluate import plots
 from astrobatch.io.atomic import atomic_path, write_json
@@ -115,12 +115,10 @@ def predict_real(
         x = np.stack([data.elements[k][a:b] for k in params.data.features], 1)
         x = fscaler.transform(x.astype(np.float64))
         rng = np.random.default_rng((params.seed, i, 99))
-        X = np.zeros((s.num_sample_per_snapshot, s.num_star_per_sample, x.shape[1]), np.float32)
-        mask = np.zeros(X.shape[:2], bool)
-        for j in range(s.num_sample_per_snapshot):
-            sel = sample_set(len(x), rng, s, drop=s.drop_at_eval)
-            X[j, : len(sel)] = x[sel]
-            mask[j, : len(sel)] = True
+        samples = [
+            padded_sample(x, rng, s, s.drop_at_eval) for _ in range(s.num_sample_per_snapshot)
+        ]
+        X, mask = (np.stack(v) for v in zip(*samples, strict=True))
         with torch.no_grad():
             z = model(torch.from_numpy(X), torch.from_numpy(mask)).reshape(-1).double().numpy()
         pred_log = tscaler.to_log_space(z)

@@ -102,7 +102,7 @@ def train_cmd(
         training = p.training.model_copy(update={"resume": "auto" if resume else "never"})
         p = p.model_copy(update={"training": training})
     state = train(p, prepared, out, live)
-    log.info("best val/loss %.4g after %d epochs", state["best_val_loss"], state["epochs_trained"])
+    log.info("best val/loss %s after %d epochs", state["best_val_loss"], state["epochs_trained"])
 
 
 @stage(app, "evaluate")
