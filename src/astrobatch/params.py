@@ -251,7 +251,237 @@ class StarSetsParams(Strict):
     evaluate: StarSetsEvaluate = StarSetsEvaluate()
 
 
-SECTIONS: dict[str, type[Strict]] = {"star_sets": StarSetsParams}
+# --------------------------------------------------------------------------- cluster_age
+
+#: HST bands of the cluster_age cutouts, in channel order (PHANGS-HST / LEGUS).
+CLUSTER_AGE_BANDS: tuple[str, ...] = ("F275W", "F336W", "F438W", "F555W", "F814W")
+
+
+class ClusterAgeSimulate(Strict):
+    """Parameters of the cluster_age cutout simulator (clusters drawn from the LEGUS catalogue)."""
+
+    seed: int = Field(11, description="seed of the simulated data set (not of training)")
+    catalogue_path: str = Field(
+        "data/external/cluster_age/ngc628_Catalog.csv",
+        description="LEGUS cluster catalogue (NGC 628) giving age, mass, E(B-V), 5-band mags",
+    )
+    n_clusters: int = Field(1600, ge=10, description="cutouts to simulate")
+    n_galaxies: int = Field(6, ge=1, description="mock host galaxies (distinct galaxy_ids)")
+    distance_mpc_range: tuple[float, float] = Field(
+        (5.0, 15.0), description="distances of the mock galaxies, Mpc"
+    )
+    image_size: int = Field(112, ge=16, description="cutout side, pixels (real files: 112)")
+    pixel_scale_arcsec: float = Field(0.04, gt=0, description="HST WFC3/UVIS-like pixel, arcsec")
+    psf_fwhm_arcsec: float = Field(0.08, gt=0, description="Gaussian PSF FWHM, arcsec")
+
+    @field_validator("distance_mpc_range")
+    @classmethod
+    def _dist(cls, v):
+        return _check_range(v, 0.01, 1000.0, "distance_mpc_range")
+
+
+class ImageSplitParams(Strict):
+    """Split of cutouts into train/val/test: seeded random, or grouped by galaxy."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    by: Literal["random", "galaxy"] = Field(
+        "random", description="random (upstream) or galaxy (no galaxy in two splits)"
+    )
+    seed: int = Field(0, description="seed of the split (independent of the training seed)")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class ClusterAgeData(Strict):
+    """Which raw cutout file to read and how to prepare it."""
+
+    raw_path: str = "data/raw/cluster_age/raw_phangs_dataset.h5"
+    remove_extremes: bool = Field(True, description="keep log_age_range only, before splitting")
+    log_age_range: tuple[float, float] = Field((7.0, 9.5), description="kept log10 age range, yr")
+    crop_size: int = Field(
+        80, ge=8, description="central crop side written to the shards, pixels (112 = none)"
+    )
+    split: ImageSplitParams = ImageSplitParams()
+    chunk_images: int = Field(64, ge=1, description="cutouts per HDF5 chunk")
+    aperture_radius_px: float = Field(4.0, gt=0, description="photometry aperture (LEGUS: 4 px)")
+    sky_annulus_px: tuple[float, float] = Field(
+        (7.0, 9.0), description="sky annulus inner/outer radius, pixels"
+    )
+
+
+class MaskParams(Strict):
+    """Blackout mask: a disk of radius R (pixels) at the cutout centre."""
+
+    type: Literal["none", "inner", "outer"] = Field(
+        "none", description="inner: zero the disk (hide the cluster); outer: zero outside it"
+    )
+    radius: float = Field(0.0, ge=0, description="R, pixels; 0 means no mask")
+
+
+class CNNParams(Strict):
+    """The cluster_age CNN (three conv + max-pool blocks, three dense layers)."""
+
+    input: Literal["1im", "5im"] = Field("5im", description="1im: mean of the 5 filters")
+    conv_channels: list[int] = Field(
+        default_factory=lambda: [16, 32, 64], min_length=1,
+        description="upstream: [128, 256, 512]",
+    )  # fmt: skip
+    dense_units: list[int] = Field(
+        default_factory=lambda: [128, 64, 32], description="upstream: [512, 256, 128]"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class ClusterAgeTraining(TrainingParams):
+    """Training of the CNN: TrainingParams plus the study's input options."""
+
+    normalisation: Literal["single-image", "five-images", "filter", "dataset"] = "filter"
+    augment: bool = Field(True, description="random dihedral transform of training cutouts")
+    shuffle_targets: bool = Field(
+        False, description="control: permute train/val targets (the model must fall to baseline)"
+    )
+    loss: Literal["mse", "huber"] = "mse"
+
+
+class ClusterAgeEvaluate(Strict):
+    """Evaluation settings."""
+
+    random_baseline_draws: int = Field(100, ge=1, description="draws of the random baseline")
+    n_examples: int = Field(8, ge=1, description="example cutouts drawn with the mask")
+
+
+class ClusterAgeParams(Strict):
+    """The ``cluster_age`` section of ``params.yaml``."""
+
+    seed: int = 0
+    simulate: ClusterAgeSimulate = ClusterAgeSimulate()
+    data: ClusterAgeData = ClusterAgeData()
+    mask: MaskParams = MaskParams()
+    model: CNNParams = CNNParams()
+    training: ClusterAgeTraining = ClusterAgeTraining(
+        batch_size=32, max_epochs=30, lr=1e-3, weight_decay=0.0, patience=8
+    )
+    evaluate: ClusterAgeEvaluate = ClusterAgeEvaluate()
+
+
+# ---------------------------------------------------------------------------- stellar_xp
+
+
+class StellarXPSimulate(Strict):
+    """Parameters of the stellar_xp star simulator (labels -> XP coefficients, photometry)."""
+
+    seed: int = Field(5, description="seed of the simulated data set (not of training)")
+    n_pretrain: int = Field(12000, ge=10, description="stars in the pretraining HDF5")
+    rows_per_part: int = Field(4000, ge=1, description="rows per sslset<N>_part<k> dataset")
+    n_finetune: int = Field(4000, ge=10, description="stars in the fine-tuning FITS table")
+
+
+class StellarXPData(Strict):
+    """Inputs of stellar_xp prepare and how to scale and split them."""
+
+    pretrain_sources: Literal["simulated", "real", "mixed"] = Field(
+        "mixed", description="pretrain on simulated stars, the real Gaia XP sources, or both"
+    )
+    pretrain_path: str = "data/raw/stellar_xp/pretrain.h5"
+    real_xp_paths: list[str] = Field(
+        default_factory=lambda: ["data/external/stellar_xp/gaia_dr3_xp_continuous_chunk0.fits"],
+        description="real Gaia XP files (flat or archive layout; FITS, ECSV or CSV)",
+    )
+    finetune_path: str = "data/raw/stellar_xp/finetune.fits"
+    val_keys: list[str] = Field(
+        default_factory=list,
+        description="pretraining datasets held out for validation (empty: the last key)",
+    )
+    real_val_fraction: float = Field(0.2, gt=0, lt=1, description="real sources held out")
+    include_radec: bool = Field(False, description="add RA, DEC to the pretraining features")
+    recon_until: Literal["EBV", "KS"] = Field(
+        "EBV", description="reconstructed columns: the feature prefix up to this column"
+    )
+    labels: list[str] = Field(
+        default_factory=lambda: ["teff", "logg", "fe_h", "alpha", "age", "parallax"],
+        min_length=1,
+    )
+    scaler_max_rows: int = Field(200_000, ge=100, description="rows sampled to fit the scaler")
+    scaler_keys: list[str] = Field(
+        default_factory=list, description="datasets sampled for the scaler (empty: all train)"
+    )
+    chunk_rows: int = Field(4096, ge=16, description="rows per shard chunk / read block")
+    split: SplitParams = SplitParams(train=0.7, val=0.15, test=0.15, salt="astrobatch", stratify=[])
+
+
+class MaskingParams(Strict):
+    """Masked-reconstruction masking (McKay & Fabbro 2025)."""
+
+    xp_masking_ratio: float = Field(0.9, ge=0, le=1, description="rows whose XP block is masked")
+    m_masking_ratio: float = Field(0.6, ge=0, le=1, description="element-wise mask, other cols")
+    force_mask_cols: list[str] = Field(default_factory=list)
+    mask_indicators: bool = Field(False, description="append a binary mask channel per feature")
+    fill_value: float = 0.0
+    perturb_errors: bool = Field(False, description="Gaussian perturbation of inputs by errors")
+
+
+class AutoencoderParams(Strict):
+    """Encoder/decoder sizes (upstream widths 2048,2048,1024,1024,512,512,256,256)."""
+
+    embedding_dim: int = Field(16, ge=1, description="periodic embedding size per feature")
+    n_frequencies: int = Field(16, ge=1)
+    frequency_init_scale: float = Field(0.01, gt=0)
+    widths: list[int] = Field(default_factory=lambda: [512, 256], min_length=1)
+    latent_dim: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class PretrainParams(Strict):
+    """Pretraining objective and optimisation."""
+
+    loss: Literal["mae", "mse"] = "mae"
+    error_weighted: bool = False
+    training: TrainingParams = TrainingParams(
+        batch_size=256, max_epochs=15, lr=1e-3, weight_decay=1e-5, gradient_clip_val=1.0,
+        patience=5,
+    )  # fmt: skip
+
+
+class FinetuneParams(Strict):
+    """Quantile fine-tuning."""
+
+    head_hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    lr_encoder: float = Field(3e-4, gt=0)
+    lr_head: float = Field(1e-3, gt=0)
+    recon_weight: float = Field(0.0, ge=0, description="multitask reconstruction loss weight")
+    two_pass_parallax: bool = Field(True, description="parallax from a pass with parallax masked")
+    parallax_mle_weight: float = Field(0.0, ge=0)
+    parallax_floor: float = Field(0.01, ge=0, description="sigma floor of the MLE term, mas")
+    training: TrainingParams = TrainingParams(
+        batch_size=128, max_epochs=30, lr=1e-3, weight_decay=1e-5, gradient_clip_val=1.0,
+        patience=6,
+    )  # fmt: skip
+
+
+class StellarXPParams(Strict):
+    """The ``stellar_xp`` section of ``params.yaml``."""
+
+    seed: int = 0
+    simulate: StellarXPSimulate = StellarXPSimulate()
+    data: StellarXPData = StellarXPData()
+    masking: MaskingParams = MaskingParams()
+    model: AutoencoderParams = AutoencoderParams()
+    pretrain: PretrainParams = PretrainParams()
+    finetune: FinetuneParams = FinetuneParams()
+
+
+SECTIONS: dict[str, type[Strict]] = {
+    "star_sets": StarSetsParams,
+    "cluster_age": ClusterAgeParams,
+    "stellar_xp": StellarXPParams,
+}
 #: Top-level keys that are not study sections (shared settings).
 SHARED_KEYS = {"runner"}
 
