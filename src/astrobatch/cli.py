@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from astrobatch.slurm import app as slurm_app
+from astrobatch.studies.cluster_age.stages import app as cluster_age_app
 from astrobatch.studies.star_sets.stages import app as star_sets_app
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(star_sets_app, name="star-sets")
+app.add_typer(cluster_age_app, name="cluster-age")
 app.add_typer(slurm_app, name="slurm")
 
 

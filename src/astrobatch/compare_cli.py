@@ -45,7 +45,9 @@ def compare(
     ],
     hue: Annotated[
         str | None,
-        typer.Option(help="Second parameter: one line (or bar colour) per value."),
+        typer.Option(
+            help="Second parameter (or a+b combination): one line (or bar colour) per value."
+        ),
     ] = None,
     baseline: Annotated[
         list[str] | None,
@@ -68,6 +70,15 @@ def compare(
     name: Annotated[
         str | None,
         typer.Option(help="Output file stem. Default: <metric>_vs_<param>[_by_<hue>]."),
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            "-w",
+            help="Keep only rows where PARAM=VALUE (repeatable), e.g. "
+            "cluster_age.model.input=5im.",
+        ),
     ] = None,
     experiments_only: Annotated[
         bool,
@@ -102,6 +113,8 @@ def compare(
     try:
         from astrobatch.evaluate.compare import (
             baseline_values,
+            combine_params,
+            filter_rows,
             load_experiments,
             plot_comparison,
             summarise,
@@ -113,6 +126,9 @@ def compare(
             df = df[df["kind"] == "experiment"]
             if df.empty:
                 raise InputError("no DVC experiment rows (only workspace/commits)", key="kind")
+        df = filter_rows(df, where or []).copy()
+        param = combine_params(df, param)
+        hue = combine_params(df, hue) if hue else None
         summary = summarise(df, metric, param, hue=hue)
         baselines = baseline_values(df, baseline or [])
         stem = name or default_stem(metric, param, hue)

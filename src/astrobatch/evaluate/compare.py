@@ -338,6 +338,68 @@ def _require(df: pd.DataFrame, column: str, what: str) -> None:
     )
 
 
+def filter_rows(df: pd.DataFrame, conditions: Iterable[str]) -> pd.DataFrame:
+    """Rows whose parameters equal the given values (``"param=value"`` strings).
+
+    Values are compared as text (:func:`format_value`), so ``0.5``, ``5im`` and
+    ``true`` match what ``dvc exp run -S`` was given (booleans in lower case too).
+
+    Raises
+    ------
+    InputError
+        A condition without ``=``, an unknown parameter, or no row left.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"i": ["1im", "5im"], "r": [6.0, 12.0], "s": [True, False]})
+    >>> filter_rows(df, ["i=5im", "r=12", "s=false"])["r"].tolist()
+    [12.0]
+    """
+    out = df
+    for cond in conditions:
+        if "=" not in cond:
+            raise InputError(f"expected PARAM=VALUE, got {cond!r}", key="--where")
+        key, value = cond.split("=", 1)
+        _require(df, key, "param")
+        text = out[key].map(lambda v: format_value(v).lower() if isinstance(v, bool) else
+                            format_value(v))  # fmt: skip
+        out = out[text == value]
+    if out.empty:
+        raise InputError(f"no experiment matches {list(conditions)}", key="--where")
+    return out
+
+
+def combine_params(df: pd.DataFrame, spec: str) -> str:
+    """Add a column for a combination ``a+b+...`` of parameters; return its name.
+
+    The combined value is the parameters' values joined by ``" / "`` (e.g.
+    ``"inner / 5im"``), so that configurations that differ in several
+    parameters (mask type, input, control) can be compared as categories. A
+    spec without ``+`` is returned unchanged.
+
+    Raises
+    ------
+    InputError
+        If one of the parameters is not a column.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"m": ["none", "inner"], "i": ["5im", "1im"]})
+    >>> combine_params(df, "m+i"), df["m+i"].tolist()
+    ('m+i', ['none / 5im', 'inner / 1im'])
+    """
+    if "+" not in spec:
+        return spec
+    parts = spec.split("+")
+    for p in parts:
+        _require(df, p, "param")
+    df[spec] = [
+        " / ".join(format_value(v) for v in row) if all(pd.notna(v) for v in row) else None
+        for row in df[parts].itertuples(index=False)
+    ]
+    return spec
+
+
 def _is_numeric(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 

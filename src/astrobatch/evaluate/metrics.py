@@ -97,3 +97,46 @@ def per_set(values: np.ndarray, set_index: np.ndarray) -> tuple[np.ndarray, np.n
 def median_baseline(train_targets: np.ndarray, n: int) -> np.ndarray:
     """The constant predictor: median of the training targets, repeated ``n`` times."""
     return np.full(n, float(np.median(train_targets)))
+
+
+#: Scale that makes the median absolute deviation a consistent estimator of a normal's sigma.
+MAD_TO_SIGMA = 1.4826
+
+
+def age_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """MdAE, MAE, RMSE, bias and R² of predictions (e.g. log age, dex).
+
+    Parameters
+    ----------
+    pred, true : numpy.ndarray, shape (n,)
+
+    Returns
+    -------
+    dict
+        ``mdae`` = 1.4826 x median |Δ| (the cluster_age study's MdAE; upstream
+        used the factor 1.49), ``mae``, ``rmse``, ``bias`` (mean Δ) with
+        Δ = pred - true, and ``r2`` = 1 - Σ Δ² / Σ (true - mean(true))²
+        (coefficient of determination; NaN when ``true`` is constant).
+
+    Raises
+    ------
+    ValueError
+        Empty or mismatched inputs.
+
+    Examples
+    --------
+    >>> m = age_metrics(np.array([7.0, 8.5, 9.0]), np.array([7.0, 8.0, 9.0]))
+    >>> round(m["mdae"], 4), round(m["mae"], 4), round(m["r2"], 4)
+    (0.0, 0.1667, 0.875)
+    """
+    base = regression_metrics(pred, true)
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    d = pred - true
+    ss_tot = float(((true - true.mean()) ** 2).sum())
+    return {
+        "mdae": MAD_TO_SIGMA * base["median_ae"],
+        "mae": base["mae"],
+        "rmse": base["rmse"],
+        "bias": base["bias"],
+        "r2": 1.0 - float((d**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
+    }

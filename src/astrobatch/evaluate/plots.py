@@ -73,3 +73,110 @@ def loss_curves(curves: dict[str, pd.DataFrame], path, ylabel: str = "Huber loss
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def read_dvclive_curves(
+    live_dir: str | Path, names: tuple[str, ...] = ("train/loss", "val/loss")
+) -> dict[str, pd.DataFrame]:
+    """Curves logged by DVCLive (``<live_dir>/plots/metrics/<name>.tsv``).
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        For each curve found: columns ``step`` and ``value``.
+    """
+    curves = {}
+    for name in names:
+        p = Path(live_dir) / "plots" / "metrics" / f"{name}.tsv"
+        if p.is_file():
+            df = pd.read_csv(p, sep="\t")
+            curves[name] = df[["step", name.split("/")[-1]]].set_axis(["step", "value"], axis=1)
+    return curves
+
+
+def pred_vs_true_panels(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]], path, label: str
+) -> None:
+    """One predicted-vs-true scatter per named split, with the 1:1 line.
+
+    Parameters
+    ----------
+    panels : dict of str to (pred, true)
+        Arrays of shape (n,), same units.
+    path : str or pathlib.Path
+        Output PNG.
+    label : str
+        Quantity with units.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    allv = np.concatenate([np.concatenate(v) for v in panels.values()])
+    lo, hi = np.nanmin(allv), np.nanmax(allv)
+    for ax, (name, (pred, true)) in zip(axes[0], panels.items(), strict=True):
+        ax.scatter(true, pred, s=5, alpha=0.4)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_title(f"{name} (n={len(true)})")
+        ax.set_xlabel(f"true {label}")
+    axes[0][0].set_ylabel(f"predicted {label}")
+    _save(fig, path)
+
+
+def histograms(series: dict[str, np.ndarray], path, label: str, log: bool = False) -> None:
+    """Step histograms of named arrays on common bins (inputs or outputs of a model)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    allv = np.concatenate([np.ravel(v) for v in series.values()])
+    allv = allv[np.isfinite(allv)]
+    bins = np.linspace(allv.min(), allv.max() if allv.max() > allv.min() else allv.min() + 1, 60)
+    for name, v in series.items():
+        v = np.ravel(v)
+        ax.hist(v[np.isfinite(v)], bins=bins, histtype="step", lw=1.4, label=name, density=True)
+    ax.set_xlabel(label)
+    ax.set_ylabel("density")
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def cutout_examples(
+    raw: np.ndarray,
+    model_input: np.ndarray,
+    log_age: np.ndarray,
+    radius: float,
+    keep: np.ndarray,
+    path,
+) -> None:
+    """Example cutouts: raw colour-stretched image and model input, mask circle drawn.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray, shape (k, C, S, S)
+        Raw cutouts (before mask), counts/s per pixel.
+    model_input : numpy.ndarray, shape (k, C', S, S)
+        What the model sees (masked, normalised).
+    log_age : numpy.ndarray, shape (k,)
+    radius : float
+        Mask radius R, pixels (0: no circle).
+    keep : numpy.ndarray, shape (S, S), bool
+        Kept pixels of the mask.
+    path : str or pathlib.Path
+    """
+    k = len(raw)
+    fig, axes = plt.subplots(2, k, figsize=(2 * k, 4.2), squeeze=False)
+    c = raw.shape[-1] // 2
+    for i in range(k):
+        img = raw[i].mean(axis=0)
+        lo, hi = np.percentile(img, [1, 99.7])
+        axes[0][i].imshow(np.arcsinh((img - lo) / max(hi - lo, 1e-12) * 10), origin="lower",
+                          cmap="gray")
+        axes[1][i].imshow(model_input[i].mean(axis=0), origin="lower", cmap="magma")
+        for ax in (axes[0][i], axes[1][i]):
+            if radius > 0:
+                ax.add_patch(plt.Circle((c, c), radius, fill=False, color="cyan", lw=1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0][i].set_title(f"log age {log_age[i]:.2f}", fontsize=8)
+    axes[0][0].set_ylabel("raw (mean of bands)", fontsize=8)
+    axes[1][0].set_ylabel(f"model input ({keep.mean():.0%} kept)", fontsize=8)
+    _save(fig, path)

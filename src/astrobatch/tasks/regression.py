@@ -1,6 +1,6 @@
-"""Scalar regression of a set (or any) model with the Huber loss.
+"""Scalar regression of a set, image (or any) model with the Huber or MSE loss.
 
-Loss: Huber (``huber_delta``) on standardised targets; optimiser AdamW;
+Loss: Huber (``huber_delta``) or mean squared error on scaled targets; optimiser AdamW;
 cosine annealing of the learning rate over ``max_epochs`` (stepped per epoch).
 Logged: ``train/loss`` (per epoch), ``val/loss``, ``val/mae`` (model space),
 ``lr``; logged on rank 0 only, reduced across ranks (``sync_dist``), so
@@ -15,12 +15,13 @@ from torch import nn
 
 
 class RegressionTask(L.LightningModule):
-    """Regress a scalar target from batches ``{"x", "mask", "y"}``.
+    """Regress a scalar target from batches ``{"x", "y"}`` (plus ``"mask"`` for sets).
 
     Parameters
     ----------
     model : torch.nn.Module
-        Maps ``(x (B, N, F) float32, mask (B, N) bool)`` to ``(B, 1)``.
+        Maps ``(x (B, N, F) float32, mask (B, N) bool)`` (set models, batches
+        with ``"mask"``) or ``x`` alone (e.g. images (B, C, H, W)) to ``(B, 1)``.
     lr : float
         Peak learning rate of AdamW.
     weight_decay : float
@@ -29,6 +30,8 @@ class RegressionTask(L.LightningModule):
         Huber loss threshold, in units of the scaled target.
     max_epochs : int
         Length of the cosine schedule, epochs.
+    loss : {"huber", "mse"}
+        Training loss.
     """
 
     def __init__(
@@ -38,18 +41,22 @@ class RegressionTask(L.LightningModule):
         weight_decay: float = 1e-4,
         huber_delta: float = 1.0,
         max_epochs: int = 30,
+        loss: str = "huber",
     ):
         super().__init__()
         self.model = model
         self.save_hyperparameters(ignore=["model"])
-        self.loss_fn = nn.HuberLoss(delta=huber_delta)
+        if loss not in ("huber", "mse"):
+            raise ValueError(f"loss must be huber or mse, got {loss!r}")
+        self.loss_fn = nn.HuberLoss(delta=huber_delta) if loss == "huber" else nn.MSELoss()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions, shape (B,), in model (scaled) space."""
-        return self.model(x, mask).squeeze(-1)
+        out = self.model(x) if mask is None else self.model(x, mask)
+        return out.squeeze(-1)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        pred = self(batch["x"], batch["mask"])
+        pred = self(batch["x"], batch.get("mask"))
         y = batch["y"].to(pred.dtype)
         loss = self.loss_fn(pred, y)
         bs = len(y)
@@ -86,29 +93,37 @@ class RegressionTask(L.LightningModule):
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: str | torch.device = "cpu") -> dict:
-    """Run ``model`` over a DataLoader of set batches.
+    """Run ``model`` over a DataLoader of set or image batches.
 
     Parameters
     ----------
     model : torch.nn.Module
         Returns (B, 1) or (B,) predictions in model space.
     loader : iterable of dict
-        Batches with ``x``, ``mask``, ``y``, ``set_index``, ``sample_index``.
+        Batches with ``x``, ``y`` and, for sets, ``mask``, ``set_index``,
+        ``sample_index``; for images, ``row``.
     device : str or torch.device
 
     Returns
     -------
     dict of numpy.ndarray
-        ``prediction``, ``target`` (model space, float64), ``set_index``,
-        ``sample_index`` (int64), ``n_elements`` (real elements per sample).
+        ``prediction``, ``target`` (model space, float64); for sets
+        ``set_index``, ``sample_index`` (int64), ``n_elements`` (real elements
+        per sample); for images ``row`` (int64).
     """
     model = model.to(device).eval()
-    out = {k: [] for k in ("prediction", "target", "set_index", "sample_index", "n_elements")}
+    out: dict[str, list] = {}
     for b in loader:
-        p = model(b["x"].to(device), b["mask"].to(device)).reshape(-1)
-        out["prediction"].append(p.double().cpu())
-        out["target"].append(b["y"].double())
-        out["set_index"].append(b["set_index"])
-        out["sample_index"].append(b["sample_index"])
-        out["n_elements"].append(b["mask"].sum(1))
+        if "mask" in b:
+            p = model(b["x"].to(device), b["mask"].to(device)).reshape(-1)
+            extra = {
+                "set_index": b["set_index"],
+                "sample_index": b["sample_index"],
+                "n_elements": b["mask"].sum(1),
+            }
+        else:
+            p = model(b["x"].to(device)).reshape(-1)
+            extra = {"row": b["row"]}
+        for k, v in {"prediction": p.double().cpu(), "target": b["y"].double(), **extra}.items():
+            out.setdefault(k, []).append(v)
     return {k: torch.cat(v).numpy() for k, v in out.items()}

@@ -57,17 +57,6 @@ def _block(prefix: str, pred_log, true_log, log_target: bool, q: str) -> dict[st
     return out
 
 
-def _read_curves(live_dir: Path) -> dict[str, pd.DataFrame]:
-    curves = {}
-    for name in ("train/loss", "val/loss"):
-        p = live_dir / "plots" / "metrics" / f"{name}.tsv"
-        if p.is_file():
-            curves[name] = pd.read_csv(p, sep="\t")[["step", name.split("/")[-1]]].rename(
-                columns={"loss": "value"}
-            )
-    return curves
-
-
 def predict_real(
     params: StarSetsParams,
     model: torch.nn.Module,
@@ -247,7 +236,7 @@ def evaluate(
         plots_dir / "residual_hist.png",
         label,
     )
-    curves = _read_curves(Path(live_dir))
+    curves = plots.read_dvclive_curves(Path(live_dir))
     if curves:
         plots.loss_curves(curves, plots_dir / "loss_curves.png")
     write_json(metrics_path, metrics)

@@ -1,0 +1,516 @@
+"""Image cutouts for CNNs: blackout masks, min-max normalisations, dihedral augmentation,
+and a dataset that reads prepared HDF5 shards a batch at a time.
+
+The order of operations follows the cluster_age study (spec ``studies/cluster_age.md``):
+blackout mask on raw values -> optional white-light stack (``1im``, the per-pixel mean of
+the filters) -> min-max normalisation -> dihedral augmentation (training only).
+
+Shard layout read by :class:`CutoutShardDataset` (written by the cluster_age ``prepare``):
+``images`` float32 (n, C, S, S) chunked ``(chunk, C, S, S)``, ``log_age`` float32 (n,),
+``cluster_id`` int64 (n,), ``galaxy_id`` str (n,).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from astrobatch.errors import InputError
+
+NORMALISATIONS = ("single-image", "five-images", "filter", "dataset")
+_EPS = 1e-12
+
+
+def disk(size: int, radius: float) -> np.ndarray:
+    """Boolean disk of radius ``radius`` pixels centred on pixel (size // 2, size // 2).
+
+    A pixel (i, j) is inside when ``(i - c)**2 + (j - c)**2 <= radius**2`` with
+    ``c = size // 2`` (pixel (56, 56) of a 112-pixel cutout, as upstream).
+
+    Parameters
+    ----------
+    size : int
+        Cutout side, pixels.
+    radius : float
+        R, pixels; R <= 0 gives the empty disk.
+
+    Returns
+    -------
+    numpy.ndarray, shape (size, size), bool
+
+    Examples
+    --------
+    >>> disk(5, 1).astype(int)
+    array([[0, 0, 0, 0, 0],
+           [0, 0, 1, 0, 0],
+           [0, 1, 1, 1, 0],
+           [0, 0, 1, 0, 0],
+           [0, 0, 0, 0, 0]])
+    """
+    c = size // 2
+    i, j = np.ogrid[:size, :size]
+    inside = (i - c) ** 2 + (j - c) ** 2 <= radius**2
+    return inside if radius > 0 else np.zeros((size, size), bool)
+
+
+def keep_mask(size: int, kind: str, radius: float) -> np.ndarray:
+    """Pixels kept by a blackout mask (True = kept).
+
+    Parameters
+    ----------
+    size : int
+        Cutout side, pixels.
+    kind : {"none", "inner", "outer"}
+        ``inner`` zeroes the disk of radius R (hides the cluster, keeps its
+        environment); ``outer`` zeroes everything outside it (keeps only the
+        cluster); ``none`` keeps everything. R = 0 means no mask for both.
+    radius : float
+        R, pixels.
+
+    Returns
+    -------
+    numpy.ndarray, shape (size, size), bool
+
+    Raises
+    ------
+    ValueError
+        Unknown ``kind``.
+    """
+    if kind not in ("none", "inner", "outer"):
+        raise ValueError(f"mask kind must be none, inner or outer, got {kind!r}")
+    if kind == "none" or radius <= 0:
+        return np.ones((size, size), bool)
+    d = disk(size, radius)
+    return ~d if kind == "inner" else d
+
+
+def apply_blackout(images: np.ndarray, kind: str, radius: float) -> np.ndarray:
+    """Zero the masked pixels of every channel (raw values, before normalisation).
+
+    Parameters
+    ----------
+    images : numpy.ndarray, shape (N, C, S, S), float32
+    kind, radius
+        See :func:`keep_mask`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C, S, S), float32
+        A new array (the input is not modified).
+    """
+    keep = keep_mask(images.shape[-1], kind, radius)
+    return images * keep.astype(images.dtype)
+
+
+def white_light(images: np.ndarray) -> np.ndarray:
+    """The ``1im`` input: per-pixel mean of the filters, shape (N, 1, S, S)."""
+    return images.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Training-set minima and maxima for the ``filter`` and ``dataset`` normalisations.
+
+    Attributes
+    ----------
+    channel_min, channel_max : tuple of float
+        Per channel over all training pixels (``filter``).
+    global_min, global_max : float
+        Over all training pixels and channels (``dataset``).
+    """
+
+    channel_min: tuple[float, ...]
+    channel_max: tuple[float, ...]
+    global_min: float
+    global_max: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NormStats:
+        return cls(
+            tuple(d["channel_min"]), tuple(d["channel_max"]), d["global_min"], d["global_max"]
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "channel_min": list(self.channel_min),
+            "channel_max": list(self.channel_max),
+            "global_min": self.global_min,
+            "global_max": self.global_max,
+        }
+
+
+def fit_norm_stats(batches: Iterator[np.ndarray]) -> NormStats:
+    """Minima and maxima over batches of (already masked) training images.
+
+    Parameters
+    ----------
+    batches : iterable of numpy.ndarray, shape (n, C, S, S)
+
+    Returns
+    -------
+    NormStats
+    """
+    cmin = cmax = None
+    for b in batches:
+        lo, hi = b.min(axis=(0, 2, 3)), b.max(axis=(0, 2, 3))
+        cmin = lo if cmin is None else np.minimum(cmin, lo)
+        cmax = hi if cmax is None else np.maximum(cmax, hi)
+    if cmin is None:
+        raise ValueError("no training images to fit the normalisation on")
+    return NormStats(
+        tuple(float(v) for v in cmin),
+        tuple(float(v) for v in cmax),
+        float(cmin.min()),
+        float(cmax.max()),
+    )
+
+
+def normalise(images: np.ndarray, kind: str, stats: NormStats | None = None) -> np.ndarray:
+    """Min-max scale images to [0, 1] (training-set statistics where the spec says so).
+
+    Parameters
+    ----------
+    images : numpy.ndarray, shape (N, C, S, S), float32
+    kind : {"single-image", "five-images", "filter", "dataset"}
+        ``single-image``: min/max of each instance and channel; ``five-images``:
+        of each instance over all its channels; ``filter``: of each channel over
+        the training set; ``dataset``: one global min/max over the training set.
+        Constant inputs map to 0.
+    stats : NormStats, optional
+        Required for ``filter`` and ``dataset``; its channel count must match.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C, S, S), float32
+
+    Raises
+    ------
+    ValueError
+        Unknown ``kind``, or missing/mismatched ``stats``.
+    """
+    if kind == "single-image":
+        lo = images.min(axis=(2, 3), keepdims=True)
+        hi = images.max(axis=(2, 3), keepdims=True)
+    elif kind == "five-images":
+        lo = images.min(axis=(1, 2, 3), keepdims=True)
+        hi = images.max(axis=(1, 2, 3), keepdims=True)
+    elif kind in ("filter", "dataset"):
+        if stats is None:
+            raise ValueError(f"normalisation {kind!r} needs training-set statistics")
+        if kind == "filter":
+            if len(stats.channel_min) != images.shape[1]:
+                raise ValueError(
+                    f"stats have {len(stats.channel_min)} channels, images {images.shape[1]}"
+                )
+            lo = np.asarray(stats.channel_min, np.float32)[None, :, None, None]
+            hi = np.asarray(stats.channel_max, np.float32)[None, :, None, None]
+        else:
+            lo, hi = np.float32(stats.global_min), np.float32(stats.global_max)
+    else:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {kind!r}")
+    span = np.maximum(hi - lo, _EPS)
+    return ((images - lo) / span).astype(np.float32)
+
+
+def dihedral(images: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+    """Apply one of the 8 dihedral transforms (D4) to each image.
+
+    Transform ``k`` in 0..7 is ``k % 4`` quarter turns (counter-clockwise in
+    array axes (-2, -1)), preceded by a left-right flip when ``k >= 4``.
+
+    Parameters
+    ----------
+    images : numpy.ndarray, shape (N, C, S, S)
+    k : int or numpy.ndarray of int, shape (N,)
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C, S, S)
+
+    Examples
+    --------
+    >>> a = np.arange(4.0).reshape(1, 1, 2, 2)
+    >>> dihedral(a, 1)[0, 0].tolist(), dihedral(a, 4)[0, 0].tolist()
+    ([[1.0, 3.0], [0.0, 2.0]], [[1.0, 0.0], [3.0, 2.0]])
+    """
+    k = np.broadcast_to(np.asarray(k, dtype=int), (len(images),))
+    out = np.empty_like(images)
+    for t in range(8):
+        sel = np.flatnonzero(k == t)
+        if sel.size == 0:
+            continue
+        x = images[sel]
+        if t >= 4:
+            x = x[..., ::-1]
+        out[sel] = np.rot90(x, t % 4, axes=(-2, -1))
+    return out
+
+
+@dataclass(frozen=True)
+class CutoutTransform:
+    """Raw shard images -> model inputs (mask, white light, normalisation).
+
+    Attributes
+    ----------
+    mask_kind : str
+        ``none | inner | outer``.
+    mask_radius : float
+        R, pixels.
+    input : str
+        ``1im`` (mean of the filters) or ``5im``.
+    normalisation : str
+        See :func:`normalise`.
+    stats : NormStats or None
+        Training-set statistics of the *masked, stacked* images.
+    """
+
+    mask_kind: str = "none"
+    mask_radius: float = 0.0
+    input: str = "5im"
+    normalisation: str = "filter"
+    stats: NormStats | None = None
+
+    def masked(self, images: np.ndarray) -> np.ndarray:
+        """Mask then (for ``1im``) stack: the images the statistics are taken over."""
+        x = apply_blackout(images, self.mask_kind, self.mask_radius)
+        return white_light(x) if self.input == "1im" else x
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return normalise(self.masked(images), self.normalisation, self.stats)
+
+
+def open_shard(path: str | Path) -> h5py.File:
+    """Open a prepared image shard with a chunk cache large enough to hold hot chunks."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("prepared shard not found (run prepare first)", path)
+    return h5py.File(path, "r", rdcc_nbytes=256 * 2**20, rdcc_nslots=10007)
+
+
+class CutoutShardDataset(Dataset):
+    """Cutouts of one prepared split, read from HDF5 one *batch* at a time.
+
+    Used with :class:`ChunkBatchSampler` as ``batch_sampler`` (or any sampler of
+    index lists): ``__getitems__`` reads all images of a batch with one sorted
+    HDF5 selection (h5py reads whole chunks, which the sampler keeps few), then
+    masks, stacks, normalises and augments the batch with vectorised NumPy.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Shard written by prepare (``images``, ``log_age``).
+    transform : CutoutTransform
+    targets : numpy.ndarray, shape (n,), float32
+        Model-space targets (scaled log age; possibly shuffled for the control).
+    augment : bool
+        Random dihedral transform per image (training only).
+    seed : int
+        Seeds the augmentation: transform of image i at epoch e depends only
+        on (seed, e, i).
+
+    Raises
+    ------
+    InputError
+        Missing shard or ``images`` dataset; ``targets`` of the wrong length.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        transform: CutoutTransform,
+        targets: np.ndarray,
+        augment: bool = False,
+        seed: int = 0,
+    ):
+        self.path = Path(path)
+        with open_shard(self.path) as f:
+            if "images" not in f:
+                raise InputError("missing dataset (expected (n, C, S, S) float32)", path, "images")
+            self.n = int(f["images"].shape[0])
+            self.chunk = int((f["images"].chunks or (self.n,))[0])
+        if len(targets) != self.n:
+            raise InputError(f"expected {self.n} targets, got {len(targets)}", path, "log_age")
+        self.transform = transform
+        self.targets = np.asarray(targets, np.float32)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self._file: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of the augmentation draws."""
+        self.epoch = epoch
+
+    def _images(self) -> h5py.Dataset:
+        if self._file is None:  # opened lazily: once per DataLoader worker
+            self._file = open_shard(self.path)
+        return self._file["images"]
+
+    def read(self, indices) -> np.ndarray:
+        """Raw images at ``indices`` (any order), one HDF5 read, shape (n, C, S, S)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        uniq, inv = np.unique(idx[order], return_inverse=True)
+        raw = self._images()[uniq]
+        out = np.empty((len(idx), *raw.shape[1:]), raw.dtype)
+        out[order] = raw[inv]
+        return out
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        x = self.transform(self.read(idx))
+        if self.augment:
+            k = np.array(
+                [np.random.default_rng((self.seed, self.epoch, int(i))).integers(8) for i in idx]
+            )
+            x = dihedral(x, k)
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(x)),
+            "y": torch.from_numpy(self.targets[idx]),
+            "row": torch.from_numpy(idx),
+        }
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        b = self.__getitems__([i])
+        return {k: v[0] for k, v in b.items()}
+
+    def __getstate__(self):  # h5py handles do not pickle (DataLoader workers)
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+
+def collate_batch(batch):
+    """Identity collate for batches produced by ``__getitems__`` (already tensors)."""
+    return batch
+
+
+class ChunkBatchSampler(Sampler[list[int]]):
+    """Batches of indices that touch few HDF5 chunks, reshuffled every epoch.
+
+    Chunks of ``chunk`` consecutive images are visited in a random order; the
+    images of ``window`` consecutive chunks (in that order) are shuffled
+    together and cut into batches. With ``shuffle=False`` batches are
+    consecutive indices. Rank-aware: with ``num_replicas`` > 1 each rank takes
+    every ``num_replicas``-th batch.
+
+    Parameters
+    ----------
+    n : int
+        Dataset length.
+    batch_size : int
+    chunk : int
+        Images per HDF5 chunk.
+    shuffle : bool
+    seed : int
+    window : int
+        Chunks shuffled together.
+    rank, num_replicas : int
+    dataset : object with ``set_epoch``, optional
+        Told the epoch too (its augmentation draws depend on it). Lightning
+        calls ``set_epoch`` on a DataLoader's ``batch_sampler`` every epoch.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        chunk: int,
+        shuffle: bool,
+        seed: int = 0,
+        window: int = 8,
+        rank: int = 0,
+        num_replicas: int = 1,
+        dataset=None,
+    ):
+        self.n, self.batch_size, self.chunk = n, batch_size, max(1, chunk)
+        self.shuffle, self.seed, self.window = shuffle, seed, max(1, window)
+        self.rank, self.num_replicas = rank, num_replicas
+        self.dataset = dataset
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of the shuffle (and of the dataset's augmentation)."""
+        self.epoch = epoch
+        if self.dataset is not None:
+            self.dataset.set_epoch(epoch)
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        rng = np.random.default_rng((self.seed, self.epoch))
+        starts = np.arange(0, self.n, self.chunk)
+        rng.shuffle(starts)
+        parts = []
+        for w in range(0, len(starts), self.window):
+            idx = np.concatenate(
+                [np.arange(s, min(s + self.chunk, self.n)) for s in starts[w : w + self.window]]
+            )
+            rng.shuffle(idx)
+            parts.append(idx)
+        return np.concatenate(parts) if parts else np.arange(0)
+
+    def _batches(self) -> list[list[int]]:
+        order = self._order()
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, self.n, self.batch_size)]
+        return batches[self.rank :: self.num_replicas]
+
+    def __iter__(self):
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        total = -(-self.n // self.batch_size)
+        return len(range(self.rank, total, self.num_replicas))
+
+
+class CutoutDataModule(L.LightningDataModule):
+    """Train/val/test cutout loaders over prepared shards (batch reads, chunk-aware shuffling).
+
+    Parameters
+    ----------
+    datasets : dict of str to CutoutShardDataset
+        ``train``, ``val`` and ``test`` (augmentation already set on ``train``).
+    batch_size : int
+    seed : int
+        Seed of the shuffle (per epoch).
+    num_workers : int
+    """
+
+    def __init__(self, datasets: dict, batch_size: int, seed: int, num_workers: int = 0):
+        super().__init__()
+        self.datasets, self.batch_size = datasets, batch_size
+        self.seed, self.num_workers = seed, num_workers
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """DataLoader of one split (rank-aware when a trainer is attached)."""
+        ds = self.datasets[split]
+        rank, world = 0, 1
+        if self.trainer is not None and shuffle:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        sampler = ChunkBatchSampler(
+            len(ds), self.batch_size, ds.chunk, shuffle, self.seed, rank=rank,
+            num_replicas=world, dataset=ds if shuffle else None,
+        )  # fmt: skip
+        return DataLoader(
+            ds, batch_sampler=sampler, collate_fn=collate_batch, num_workers=self.num_workers,
+            persistent_workers=False,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
