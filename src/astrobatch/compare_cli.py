@@ -76,8 +76,7 @@ def compare(
         typer.Option(
             "--where",
             "-w",
-            help="Keep only rows where PARAM=VALUE (repeatable), e.g. "
-            "cluster_age.model.input=5im.",
+            help="Keep only rows where PARAM=VALUE (repeatable), e.g. cluster_age.model.input=5im.",
         ),
     ] = None,
     experiments_only: Annotated[

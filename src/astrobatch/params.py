@@ -273,11 +273,66 @@ class ClusterAgeSimulate(Strict):
     image_size: int = Field(112, ge=16, description="cutout side, pixels (real files: 112)")
     pixel_scale_arcsec: float = Field(0.04, gt=0, description="HST WFC3/UVIS-like pixel, arcsec")
     psf_fwhm_arcsec: float = Field(0.08, gt=0, description="Gaussian PSF FWHM, arcsec")
+    age_jitter_dex: float = Field(
+        0.02, ge=0, le=0.5, description="Gaussian jitter of the drawn catalogue log ages, dex"
+    )
+    mag_error_scale: float = Field(
+        1.0, ge=0, le=5.0,
+        description="jitter of the drawn catalogue magnitudes, in units of their catalogue "
+        "errors (each capped at 0.2 mag): a re-observation of the cluster",
+    )  # fmt: skip
+    exposure_s: tuple[float, float, float, float, float] = Field(
+        (2400.0, 1100.0, 1200.0, 1000.0, 900.0),
+        description="exposure time per band (F275W, F336W, F438W, F555W, F814W), s",
+    )
+    sky_e_per_s_per_px: tuple[float, float, float, float, float] = Field(
+        (0.0005, 0.0015, 0.007, 0.02, 0.04),
+        description="sky + dark current per band, electrons / s / pixel (subtracted after noise)",
+    )
+    read_noise_e: tuple[float, float, float, float, float] = Field(
+        (3.1, 3.1, 4.0, 4.0, 4.0), description="read noise per exposure and band, electrons"
+    )
+    n_exposures: int = Field(3, ge=1, description="dithered exposures combined per band")
+    field_sfr_range: tuple[float, float] = Field(
+        (0.002, 0.02),
+        description="star-formation-rate surface density of the host discs (log-uniform per "
+        "galaxy), Msun / yr / kpc^2; sets the resolved field stars",
+    )
+    disc_mu_v_range: tuple[float, float] = Field(
+        (20.5, 22.5),
+        description="F555W surface brightness of the smooth host disc (uniform per galaxy), "
+        "mag / arcsec^2",
+    )
+    association_mass_ratio: float = Field(
+        2.0, ge=0,
+        description="stellar mass of the coeval association around each cluster / cluster "
+        "mass (it disperses with age)",
+    )  # fmt: skip
+    n_workers: int = Field(
+        1, ge=1, le=64, description="processes rendering cutouts (output identical for any value)"
+    )
 
     @field_validator("distance_mpc_range")
     @classmethod
     def _dist(cls, v):
         return _check_range(v, 0.01, 1000.0, "distance_mpc_range")
+
+    @field_validator("exposure_s", "sky_e_per_s_per_px", "read_noise_e")
+    @classmethod
+    def _per_band(cls, v):
+        if not all(x > 0 for x in v):
+            raise ValueError(f"expected five positive values, got {list(v)}")
+        return v
+
+    @field_validator("field_sfr_range")
+    @classmethod
+    def _sfr(cls, v):
+        return _check_range(v, 1e-6, 10.0, "field_sfr_range")
+
+    @field_validator("disc_mu_v_range")
+    @classmethod
+    def _mu(cls, v):
+        return _check_range(v, 14.0, 30.0, "disc_mu_v_range")
 
 
 class ImageSplitParams(Strict):
@@ -343,6 +398,12 @@ class ClusterAgeTraining(TrainingParams):
     """Training of the CNN: TrainingParams plus the study's input options."""
 
     normalisation: Literal["single-image", "five-images", "filter", "dataset"] = "filter"
+    stretch: Literal["none", "asinh"] = Field(
+        "asinh",
+        description="before normalisation: none (upstream, linear) or asinh(x / asinh_scale) "
+        "(Lupton et al. 1999), which keeps faint structure next to bright stars",
+    )
+    asinh_scale: float = Field(0.05, gt=0, description="asinh softening, image units (e-/s)")
     augment: bool = Field(True, description="random dihedral transform of training cutouts")
     shuffle_targets: bool = Field(
         False, description="control: permute train/val targets (the model must fall to baseline)"
@@ -381,6 +442,17 @@ class StellarXPSimulate(Strict):
     n_pretrain: int = Field(12000, ge=10, description="stars in the pretraining HDF5")
     rows_per_part: int = Field(4000, ge=1, description="rows per sslset<N>_part<k> dataset")
     n_finetune: int = Field(4000, ge=10, description="stars in the fine-tuning FITS table")
+    g_limit: float = Field(
+        17.65, gt=5, le=21, description="faint Gaia G limit of the pretraining stars (XP: 17.65)"
+    )
+    finetune_g_limit: float = Field(
+        16.0, gt=5, le=21, description="faint G limit of the fine-tuning (spectroscopic) stars"
+    )
+    no_xp_fraction: float = Field(0.03, ge=0, le=1, description="stars without any XP spectrum")
+    missing_band_fraction: float = Field(
+        0.01, ge=0, le=1, description="stars without BP coefficients (and, independently, RP)"
+    )
+    batch_rows: int = Field(2000, ge=64, description="stars simulated per batch (memory)")
 
 
 class StellarXPData(Strict):
@@ -408,12 +480,32 @@ class StellarXPData(Strict):
         default_factory=lambda: ["teff", "logg", "fe_h", "alpha", "age", "parallax"],
         min_length=1,
     )
+    required_labels: list[str] = Field(
+        default_factory=list,
+        description="labels that must have a value in every fine-tuning row (NaN: InputError)",
+    )
     scaler_max_rows: int = Field(200_000, ge=100, description="rows sampled to fit the scaler")
     scaler_keys: list[str] = Field(
         default_factory=list, description="datasets sampled for the scaler (empty: all train)"
     )
     chunk_rows: int = Field(4096, ge=16, description="rows per shard chunk / read block")
     split: SplitParams = SplitParams(train=0.7, val=0.15, test=0.15, salt="astrobatch", stratify=[])
+
+    @model_validator(mode="after")
+    def _known_labels(self):
+        from astrobatch.studies.stellar_xp.columns import ALL_LABELS
+
+        for name in ("labels", "required_labels"):
+            v = getattr(self, name)
+            unknown = [lab for lab in v if lab not in ALL_LABELS]
+            if unknown:
+                raise ValueError(f"{name}: unknown {unknown}; choose from {list(ALL_LABELS)}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"{name}: duplicates in {v}")
+        extra = [lab for lab in self.required_labels if lab not in self.labels]
+        if extra:
+            raise ValueError(f"required_labels {extra} are not in labels {self.labels}")
+        return self
 
 
 class MaskingParams(Strict):

@@ -150,9 +150,12 @@ def shard(tmp_path):
     return p, x
 
 
-def test_dataset_reads_batches_in_any_order(shard):
+@pytest.mark.parametrize("max_memory_bytes", [0, 2**30])  # batch reads / whole split in memory
+def test_dataset_reads_batches_in_any_order(shard, max_memory_bytes):
     p, x = shard
-    ds = CutoutShardDataset(p, CutoutTransform(normalisation="single-image"), np.arange(50.0))
+    t = CutoutTransform(normalisation="single-image")
+    ds = CutoutShardDataset(p, t, np.arange(50.0), max_memory_bytes=max_memory_bytes)
+    assert ds.in_memory == (max_memory_bytes > 0)
     idx = [31, 2, 17, 2, 49]
     b = ds.__getitems__(idx)
     np.testing.assert_allclose(b["x"].numpy(), normalise(x[idx], "single-image"), rtol=1e-6)

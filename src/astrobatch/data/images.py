@@ -12,6 +12,7 @@ Shard layout read by :class:`CutoutShardDataset` (written by the cluster_age ``p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +269,13 @@ class CutoutTransform:
     normalisation : str
         See :func:`normalise`.
     stats : NormStats or None
-        Training-set statistics of the *masked, stacked* images.
+        Training-set statistics of the *masked, stacked, stretched* images.
+    stretch : str
+        ``none`` (linear, upstream) or ``asinh``: ``arcsinh(x / asinh_scale)``
+        (Lupton, Gunn & Szalay 1999, AJ 118, 1406), applied after the mask and
+        before normalisation; masked pixels stay 0.
+    asinh_scale : float
+        Softening of the asinh stretch, image units.
     """
 
     mask_kind: str = "none"
@@ -276,11 +283,22 @@ class CutoutTransform:
     input: str = "5im"
     normalisation: str = "filter"
     stats: NormStats | None = None
+    stretch: str = "none"
+    asinh_scale: float = 1.0
 
     def masked(self, images: np.ndarray) -> np.ndarray:
-        """Mask then (for ``1im``) stack: the images the statistics are taken over."""
+        """Mask, (for ``1im``) stack, stretch: the images the statistics are taken over."""
         x = apply_blackout(images, self.mask_kind, self.mask_radius)
-        return white_light(x) if self.input == "1im" else x
+        x = white_light(x) if self.input == "1im" else x
+        if self.stretch == "asinh":
+            x = np.arcsinh(x / np.float32(self.asinh_scale)).astype(np.float32)
+        elif self.stretch != "none":
+            raise ValueError(f"stretch must be none or asinh, got {self.stretch!r}")
+        return x
+
+    def with_stats(self, stats: NormStats | None) -> CutoutTransform:
+        """The same transform with training-set statistics attached."""
+        return dataclasses.replace(self, stats=stats)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return normalise(self.masked(images), self.normalisation, self.stats)
@@ -314,6 +332,10 @@ class CutoutShardDataset(Dataset):
     seed : int
         Seeds the augmentation: transform of image i at epoch e depends only
         on (seed, e, i).
+    max_memory_bytes : int
+        A split whose images take at most this many bytes is read once, in one
+        HDF5 read, and kept in memory (per DataLoader worker); larger splits are
+        read batch by batch.
 
     Raises
     ------
@@ -328,6 +350,7 @@ class CutoutShardDataset(Dataset):
         targets: np.ndarray,
         augment: bool = False,
         seed: int = 0,
+        max_memory_bytes: int = 2 * 2**30,
     ):
         self.path = Path(path)
         with open_shard(self.path) as f:
@@ -335,6 +358,8 @@ class CutoutShardDataset(Dataset):
                 raise InputError("missing dataset (expected (n, C, S, S) float32)", path, "images")
             self.n = int(f["images"].shape[0])
             self.chunk = int((f["images"].chunks or (self.n,))[0])
+            self.in_memory = f["images"].nbytes <= max_memory_bytes
+        self._cache: np.ndarray | None = None
         if len(targets) != self.n:
             raise InputError(f"expected {self.n} targets, got {len(targets)}", path, "log_age")
         self.transform = transform
@@ -359,6 +384,10 @@ class CutoutShardDataset(Dataset):
     def read(self, indices) -> np.ndarray:
         """Raw images at ``indices`` (any order), one HDF5 read, shape (n, C, S, S)."""
         idx = np.asarray(indices, dtype=np.int64)
+        if self.in_memory:
+            if self._cache is None:
+                self._cache = self._images()[:]
+            return self._cache[idx]
         order = np.argsort(idx, kind="stable")
         uniq, inv = np.unique(idx[order], return_inverse=True)
         raw = self._images()[uniq]
@@ -387,6 +416,7 @@ class CutoutShardDataset(Dataset):
     def __getstate__(self):  # h5py handles do not pickle (DataLoader workers)
         state = self.__dict__.copy()
         state["_file"] = None
+        state["_cache"] = None
         return state
 
 
@@ -462,7 +492,8 @@ class ChunkBatchSampler(Sampler[list[int]]):
 
     def _batches(self) -> list[list[int]]:
         order = self._order()
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, self.n, self.batch_size)]
+        bs = self.batch_size
+        batches = [order[i : i + bs].tolist() for i in range(0, self.n, bs)]
         return batches[self.rank :: self.num_replicas]
 
     def __iter__(self):

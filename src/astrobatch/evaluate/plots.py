@@ -94,9 +94,7 @@ def read_dvclive_curves(
     return curves
 
 
-def pred_vs_true_panels(
-    panels: dict[str, tuple[np.ndarray, np.ndarray]], path, label: str
-) -> None:
+def pred_vs_true_panels(panels: dict[str, tuple[np.ndarray, np.ndarray]], path, label: str) -> None:
     """One predicted-vs-true scatter per named split, with the 1:1 line.
 
     Parameters
@@ -168,8 +166,9 @@ def cutout_examples(
     for i in range(k):
         img = raw[i].mean(axis=0)
         lo, hi = np.percentile(img, [1, 99.7])
-        axes[0][i].imshow(np.arcsinh((img - lo) / max(hi - lo, 1e-12) * 10), origin="lower",
-                          cmap="gray")
+        axes[0][i].imshow(
+            np.arcsinh((img - lo) / max(hi - lo, 1e-12) * 10), origin="lower", cmap="gray"
+        )
         axes[1][i].imshow(model_input[i].mean(axis=0), origin="lower", cmap="magma")
         for ax in (axes[0][i], axes[1][i]):
             if radius > 0:

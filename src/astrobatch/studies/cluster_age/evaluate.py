@@ -33,6 +33,7 @@ from astrobatch.io.atomic import atomic_path, write_json
 from astrobatch.params import ClusterAgeParams
 from astrobatch.studies.cluster_age.train import (
     SPLITS,
+    base_transform,
     build_model,
     load_norm_stats,
     make_datasets,
@@ -40,7 +41,6 @@ from astrobatch.studies.cluster_age.train import (
     read_manifest,
     unscale_target,
 )
-from astrobatch.data.images import CutoutTransform
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 
@@ -125,10 +125,7 @@ def evaluate(
     prepared_dir, model_dir = Path(prepared_dir), Path(model_dir)
     plots_dir, reports_dir = Path(plots_dir), Path(reports_dir)
     manifest = read_manifest(prepared_dir)
-    transform = CutoutTransform(
-        params.mask.type, params.mask.radius, params.model.input,
-        params.training.normalisation, load_norm_stats(model_dir),
-    )  # fmt: skip
+    transform = base_transform(params, load_norm_stats(model_dir))
     datasets = make_datasets(params, prepared_dir, transform, for_training=False)
     model = load_model_weights(build_model(params, prepared_dir), model_dir / "best.ckpt")
     dm = CutoutDataModule(datasets, params.training.batch_size, params.seed)

@@ -44,8 +44,8 @@ def split_random(n: int, split: ImageSplitParams) -> dict[str, np.ndarray]:
     [14, 3, 3]
     """
     perm = np.random.default_rng(split.seed).permutation(n)
-    n_train = int(round(split.train * n))
-    n_val = int(round(split.val * n))
+    n_train = round(split.train * n)
+    n_val = round(split.val * n)
     parts = {
         "train": perm[:n_train],
         "val": perm[n_train : n_train + n_val],
@@ -200,13 +200,15 @@ def prepare(
         manifest = {
             "raw_path": str(data.raw_path),
             "n_raw": int(raw.n),
-            "n_kept": int(len(kept)),
+            "n_kept": len(kept),
             "removed_extremes": bool(data.remove_extremes),
             "log_age_range": list(data.log_age_range),
             "split_by": data.split.by,
             "split_seed": data.split.seed,
-            "counts": {k: int(len(v)) for k, v in parts.items()},
-            "galaxies": {k: sorted(set(np.asarray(raw.galaxy_ids)[v].tolist())) for k, v in parts.items()},
+            "counts": {k: len(v) for k, v in parts.items()},
+            "galaxies": {
+                k: sorted(set(np.asarray(raw.galaxy_ids)[v].tolist())) for k, v in parts.items()
+            },
             "cluster_ids": {k: raw.cluster_ids[v].astype(int).tolist() for k, v in parts.items()},
             "target_min": float(train_age.min()),
             "target_max": float(train_age.max()),

@@ -107,9 +107,7 @@ def evaluate_cmd(
         "metrics/cluster_age.json"
     ),
     plots: Annotated[Path, typer.Option(help="Folder of PNG plots.")] = Path("plots/cluster_age"),
-    reports: Annotated[Path, typer.Option(help="Folder of tables.")] = Path(
-        "reports/cluster_age"
-    ),
+    reports: Annotated[Path, typer.Option(help="Folder of tables.")] = Path("reports/cluster_age"),
 ) -> None:
     """Evaluate the CNN and the baselines (mean, median, random, photometric).
 

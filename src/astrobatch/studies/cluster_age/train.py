@@ -74,12 +74,18 @@ def unscale_target(y: np.ndarray, manifest: dict) -> np.ndarray:
     return np.asarray(y, np.float64) * (hi - lo) + lo
 
 
-def make_transform(params: ClusterAgeParams, prepared_dir: str | Path) -> CutoutTransform:
-    """Mask, stacking and normalisation, with statistics of the masked training images."""
-    t = CutoutTransform(
-        params.mask.type, params.mask.radius, params.model.input,
-        params.training.normalisation,
+def base_transform(params: ClusterAgeParams, stats: NormStats | None = None) -> CutoutTransform:
+    """Mask, stacking, stretch and normalisation of params (statistics attached if given)."""
+    t = params.training
+    return CutoutTransform(
+        params.mask.type, params.mask.radius, params.model.input, t.normalisation, stats,
+        t.stretch, t.asinh_scale,
     )  # fmt: skip
+
+
+def make_transform(params: ClusterAgeParams, prepared_dir: str | Path) -> CutoutTransform:
+    """The transform with statistics of the masked training images (``filter``, ``dataset``)."""
+    t = base_transform(params)
     if params.training.normalisation not in ("filter", "dataset"):
         return t
     with open_shard(Path(prepared_dir) / "train.h5") as f:
@@ -88,7 +94,7 @@ def make_transform(params: ClusterAgeParams, prepared_dir: str | Path) -> Cutout
         stats = fit_norm_stats(
             t.masked(images[a : a + step]) for a in range(0, images.shape[0], step)
         )
-    return CutoutTransform(t.mask_kind, t.mask_radius, t.input, t.normalisation, stats)
+    return t.with_stats(stats)
 
 
 def make_datasets(
@@ -177,9 +183,7 @@ def train(
     dm = CutoutDataModule(datasets, t.batch_size, params.seed, t.num_workers)
     L.seed_everything(params.seed, workers=True, verbose=False)  # seeds the initial weights
     model = build_model(params, prepared_dir)
-    task = RegressionTask(
-        model, t.lr, t.weight_decay, t.huber_delta, t.max_epochs, loss=t.loss
-    )
+    task = RegressionTask(model, t.lr, t.weight_decay, t.huber_delta, t.max_epochs, loss=t.loss)
     fp = fingerprint(
         params.mask.model_dump(),
         params.model.model_dump(),
@@ -192,6 +196,8 @@ def train(
         Path(model_dir) / NORM_FILE,
         {
             "normalisation": t.normalisation,
+            "stretch": t.stretch,
+            "asinh_scale": t.asinh_scale,
             "input": params.model.input,
             "mask": params.mask.model_dump(),
             "stats": transform.stats.to_dict() if transform.stats else None,
