@@ -76,14 +76,29 @@ def _no_tty_logging(monkeypatch):
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-#: star_sets params overrides of the tiny temporary DVC projects (seconds per stage).
+#: Per-study params overrides of the tiny temporary DVC projects (seconds per stage).
 TINY_REPO_PARAMS = {
-    "simulate": {"n_runs": 6, "snapshots_per_run": 2, "log10_mass_range": [2.6, 3.0],
-                 "w0_levels": [5.0], "metallicities": [0.002]},
-    "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
-    "model": {"hidden_dim": 16},
-    "training": {"max_epochs": 2, "batch_size": 16},
-    "evaluate": {"real_snapshots": []},
+    "star_sets": {
+        "simulate": {"n_runs": 6, "snapshots_per_run": 2, "log10_mass_range": [2.6, 3.0],
+                     "w0_levels": [5.0], "metallicities": [0.002]},
+        "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
+        "model": {"hidden_dim": 16},
+        "training": {"max_epochs": 2, "batch_size": 16},
+        "evaluate": {"real_snapshots": []},
+    },
+    "cluster_age": {
+        "simulate": {"n_clusters": 60, "n_galaxies": 3},
+        "data": {"crop_size": 32, "chunk_images": 8},
+        "model": {"conv_channels": [4, 8], "dense_units": [16]},
+        "training": {"max_epochs": 2, "batch_size": 16},
+        "evaluate": {"random_baseline_draws": 5, "n_examples": 2},
+    },
+    "stellar_xp": {
+        "simulate": {"n_pretrain": 1500, "rows_per_part": 500, "n_finetune": 800},
+        "model": {"widths": [64], "latent_dim": 32},
+        "pretrain": {"training": {"max_epochs": 2, "batch_size": 128}},
+        "finetune": {"head_hidden": [32], "training": {"max_epochs": 2, "batch_size": 128}},
+    },
 }  # fmt: skip
 
 
@@ -94,15 +109,32 @@ def run_ok(args, cwd, env, timeout: int = 600) -> str:
     return r.stdout + r.stderr
 
 
-def make_tiny_repo(d: Path, env: dict[str, str]) -> None:
-    """A committed git + DVC copy of the project (dvc.yaml, src/) with tiny star_sets params."""
+def make_tiny_repo(d: Path, env: dict[str, str], studies: tuple[str, ...] | None = None) -> None:
+    """A committed git + DVC copy of the project (dvc.yaml, src/, data/external) with tiny params.
+
+    ``studies`` keeps only those studies' stages in dvc.yaml (default: all of them).
+    """
     dvc = str(Path(sys.executable).parent / "dvc")
     d.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    shutil.copytree(ROOT / "data" / "external", d / "data" / "external")
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    if studies is not None:
+        pipeline["stages"] = {
+            k: v for k, v in pipeline["stages"].items() if k.startswith(tuple(studies))
+        }
+        pipeline["plots"] = [p for p in pipeline["plots"] if any(s in str(p) for s in studies)]
+    (d / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for k, v in TINY_REPO_PARAMS.items():
-        params["star_sets"][k].update(v)
+
+    def merge(dst: dict, src: dict) -> None:
+        for k, v in src.items():
+            if isinstance(v, dict):
+                merge(dst.setdefault(k, {}), v)
+            else:
+                dst[k] = v
+
+    merge(params, TINY_REPO_PARAMS)
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_ok(["git", "init", "-q"], d, env)
     run_ok([dvc, "init", "-q"], d, env)

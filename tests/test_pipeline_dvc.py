@@ -40,6 +40,13 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
     out = _run(["dvc", "repro"], d, env)
     for s in ("simulate", "prepare", "train", "evaluate"):
         assert f"Running stage 'star_sets_{s}'" in out
+        assert f"Running stage 'cluster_age_{s}'" in out
+    for s in ("simulate", "prepare", "pretrain", "finetune", "evaluate"):
+        assert f"Running stage 'stellar_xp_{s}'" in out
+    ca = json.loads((d / "metrics/cluster_age.json").read_text())
+    assert {"test/mdae_log_age", "baseline/mean/test/mdae_log_age"} <= set(ca)
+    xp = json.loads((d / "metrics/stellar_xp.json").read_text())
+    assert {"test/teff/rmse", "test/parallax/coverage_68", "recon/real/xp_mae"} <= set(xp)
     m = json.loads((d / "metrics/star_sets.json").read_text())
     assert {"test/mae_log_mass", "baseline/median/test/mae_log_mass"} <= set(m)
     assert (d / "plots/star_sets/pred_vs_true.png").is_file()
@@ -57,6 +64,7 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
     assert "Running stage 'star_sets_evaluate'" in third
     assert "Running stage 'star_sets_simulate'" not in third
     assert "Running stage 'star_sets_prepare'" not in third
+    assert "cluster_age" not in third and "stellar_xp" not in third  # other studies untouched
     state = json.loads((d / "models/star_sets/train_state.json").read_text())
     assert state["complete"] and state["resumed"] is False  # a changed run starts fresh
 
@@ -78,3 +86,18 @@ def test_experiments_and_compare(repo):
     md = (d / "reports/compare/models.md").read_text()
     assert "summary_stats" in md and "deep_sets" in md
     assert (d / "reports/compare/models.png").stat().st_size > 5000
+
+    # the cluster_age comparison: a combined categorical param and a --where filter
+    _run(["dvc", "exp", "run", "-S", "cluster_age.training.shuffle_targets=true"], d, env)
+    r = subprocess.run(["dvc", "exp", "show", "--json"], cwd=d, env=env, capture_output=True,
+                       text=True)  # fmt: skip
+    (d / "exp.json").write_text(r.stdout)
+    _run(
+        ["astrobatch", "compare", "--exp-json", "exp.json", "--metric", "test/mdae_log_age",
+         "--param", "cluster_age.mask.type+cluster_age.training.shuffle_targets",
+         "--hue", "cluster_age.model.input", "--where", "cluster_age.model.input=5im",
+         "-b", "baseline/mean/test/mdae_log_age", "--out", "reports/compare", "--name", "ca"],
+        d, env,
+    )  # fmt: skip
+    md = (d / "reports/compare/ca.md").read_text()
+    assert "none / True" in md and "none / False" in md

@@ -319,7 +319,7 @@ def test_resume_prefers_the_newer_of_last_and_hpc_checkpoint(tmp_path):
 
 def _tiny_repo(d: Path, env: dict[str, str]) -> None:
     """A committed git + DVC project with tiny star_sets params (as in test_pipeline_dvc)."""
-    make_tiny_repo(d, env)
+    make_tiny_repo(d, env, studies=("star_sets",))
 
 
 def _experiments(d: Path, env: dict[str, str]) -> dict[str, dict]:

@@ -10,6 +10,7 @@ import typer
 from astrobatch.slurm import app as slurm_app
 from astrobatch.studies.cluster_age.stages import app as cluster_age_app
 from astrobatch.studies.star_sets.stages import app as star_sets_app
+from astrobatch.studies.stellar_xp.stages import app as stellar_xp_app
 
 app = typer.Typer(
     name="astrobatch",
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(star_sets_app, name="star-sets")
 app.add_typer(cluster_age_app, name="cluster-age")
+app.add_typer(stellar_xp_app, name="stellar-xp")
 app.add_typer(slurm_app, name="slurm")
 
 

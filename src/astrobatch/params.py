@@ -265,7 +265,7 @@ class ClusterAgeSimulate(Strict):
         "data/external/cluster_age/ngc628_Catalog.csv",
         description="LEGUS cluster catalogue (NGC 628) giving age, mass, E(B-V), 5-band mags",
     )
-    n_clusters: int = Field(1600, ge=10, description="cutouts to simulate")
+    n_clusters: int = Field(2400, ge=10, description="cutouts to simulate")
     n_galaxies: int = Field(6, ge=1, description="mock host galaxies (distinct galaxy_ids)")
     distance_mpc_range: tuple[float, float] = Field(
         (5.0, 15.0), description="distances of the mock galaxies, Mpc"
@@ -473,6 +473,11 @@ class StellarXPData(Strict):
     )
     real_val_fraction: float = Field(0.2, gt=0, lt=1, description="real sources held out")
     include_radec: bool = Field(False, description="add RA, DEC to the pretraining features")
+    xp_normalisation: Literal["none", "flux"] = Field(
+        "flux",
+        description="flux: XP c_1 -> -2.5 log10 c_1 and c_i -> c_i / c_1 before scaling "
+        "(shape separated from brightness); none: raw coefficients (upstream)",
+    )
     recon_until: Literal["EBV", "KS"] = Field(
         "EBV", description="reconstructed columns: the feature prefix up to this column"
     )

@@ -30,7 +30,7 @@ decoder) and the head, no weight decay on biases and norms, cosine warm
 restarts (see :mod:`astrobatch.tasks.masked`).
 
 Logged: ``train/loss``, ``train/pinball`` (per epoch), ``val/loss``,
-``val/pinball``, ``val/pinball/<label>`` (if ``label_names``), ``val/recon``
+``val/pinball``, ``val/pinball_<label>`` (if ``label_names``), ``val/recon``
 and ``val/parallax_mle`` when those terms are on, ``lr/encoder``, ``lr/head``;
 the same with ``test/``.
 
@@ -240,7 +240,7 @@ class QuantileFinetuneTask(L.LightningModule):
     seed : int
         Seed of the masks and perturbations.
     label_names : sequence of str, optional
-        Names of the L labels, to log ``val/pinball/<label>``.
+        Names of the L labels, to log ``val/pinball_<label>``.
 
     Raises
     ------
@@ -337,7 +337,7 @@ class QuantileFinetuneTask(L.LightningModule):
         force[_index(force_mask_idx, nf, "force_mask_idx")] = True
         self.register_buffer("_force", force, persistent=False)
         names = ["loss", "pinball", "recon", "parallax_mle"]
-        names += [f"pinball/{n}" for n in (label_names or [])]
+        names += [f"pinball_{n}" for n in (label_names or [])]
         self._metrics = nn.ModuleDict(
             {
                 f"{s}|{n}".replace("/", ":"): MeanMetric(nan_strategy="ignore")
@@ -517,7 +517,7 @@ class QuantileFinetuneTask(L.LightningModule):
             updates["parallax_mle"] = (out["parallax_mle"], torch.ones_like(n_lab))
         for i, name in enumerate(self.hparams.label_names or []):
             c = out["_count"][i] * 3
-            updates[f"pinball/{name}"] = (out["_total"][i] / c.clamp_min(1.0), c)
+            updates[f"pinball_{name}"] = (out["_total"][i] / c.clamp_min(1.0), c)
         for name, (value, weight) in updates.items():
             metric = self._metrics[f"{stage}|{name}".replace("/", ":")]
             metric.update(value.detach(), weight=weight.detach())

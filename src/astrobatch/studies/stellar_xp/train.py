@@ -1,0 +1,208 @@
+"""stellar_xp pretrain and finetune: the masked autoencoder, then the quantile head.
+
+Pretraining (:func:`pretrain`) fits :class:`~astrobatch.tasks.masked.MaskedReconstructionTask`
+on the streamed pretraining shards; fine-tuning (:func:`finetune`) starts from its best
+checkpoint and fits :class:`~astrobatch.tasks.quantile.QuantileFinetuneTask` on the labelled
+shards (encoder and head with separate learning rates, two-pass leakage-free parallax).
+Both go through the shared driver :func:`astrobatch.train.fit` (best/last checkpoints, early
+stopping, DVCLive curves, auto-resume).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from astrobatch.data.scalers import load_table_scalers
+from astrobatch.data.tables import TableDataModule
+from astrobatch.errors import InputError
+from astrobatch.nn.autoencoder import MaskedAutoencoder, QuantileHead, build_autoencoder
+from astrobatch.params import StellarXPParams
+from astrobatch.studies.stellar_xp.columns import indices
+from astrobatch.tasks.masked import MaskedReconstructionTask
+from astrobatch.tasks.quantile import QuantileFinetuneTask, load_pretrained_encoder
+from astrobatch.train import file_digest, fingerprint, fit
+
+
+def read_manifest(prepared_dir: str | Path) -> dict:
+    """The prepare manifest (features, recon columns, labels, indices, counts).
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable manifest.
+    """
+    path = Path(prepared_dir) / "manifest.json"
+    if not path.is_file():
+        raise InputError("missing prepared file (run prepare first)", path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"not valid JSON ({err})", path) from None
+
+
+def _digest(prepared_dir: Path) -> str:
+    return file_digest(prepared_dir / "manifest.json", prepared_dir / "scalers.json")
+
+
+def build_model(params: StellarXPParams, manifest: dict) -> MaskedAutoencoder:
+    """The masked autoencoder for the prepared feature set."""
+    return build_autoencoder(
+        params.model, len(manifest["features"]), manifest["n_recon"],
+        params.masking.mask_indicators,
+    )  # fmt: skip
+
+
+def force_mask_indices(params: StellarXPParams, manifest: dict) -> list[int]:
+    """Column indices of ``masking.force_mask_cols``.
+
+    Raises
+    ------
+    InputError
+        A forced column that is not a feature.
+    """
+    missing = [c for c in params.masking.force_mask_cols if c not in manifest["features"]]
+    if missing:
+        raise InputError(
+            f"force_mask_cols {missing} are not features", key="stellar_xp.masking.force_mask_cols"
+        )
+    return indices(manifest["features"], params.masking.force_mask_cols)
+
+
+def build_pretrain_task(params: StellarXPParams, manifest: dict) -> MaskedReconstructionTask:
+    """The masked-reconstruction task of params (weights seeded by ``params.seed``)."""
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    return MaskedReconstructionTask.from_params(
+        build_model(params, manifest), params.masking, params.pretrain,
+        xp_idx=manifest["xp_indices"], recon_idx=list(range(manifest["n_recon"])),
+        force_mask_idx=force_mask_indices(params, manifest), seed=params.seed,
+    )  # fmt: skip
+
+
+def pretrain_fingerprint(params: StellarXPParams, prepared_dir: Path) -> str:
+    """Everything that determines the pretrained weights."""
+    t = params.pretrain.training
+    return fingerprint(
+        params.model.model_dump(), params.masking.model_dump(),
+        params.pretrain.model_dump(exclude={"training"}),
+        t.model_dump(exclude={"resume", "num_workers"}), params.seed, _digest(prepared_dir),
+    )  # fmt: skip
+
+
+def pretrain(
+    params: StellarXPParams,
+    prepared_dir: str | Path,
+    model_dir: str | Path,
+    live_dir: str | Path,
+    callbacks: list[Callback] | None = None,
+) -> dict:
+    """Pretrain the masked autoencoder on the streamed pretraining shards.
+
+    Parameters
+    ----------
+    params : StellarXPParams
+        ``model``, ``masking``, ``pretrain``, ``seed``.
+    prepared_dir : path
+        Output of prepare.
+    model_dir, live_dir : path
+        Checkpoints and DVCLive curves.
+    callbacks : list of lightning Callback, optional
+
+    Returns
+    -------
+    dict
+        Final training state (see :func:`astrobatch.train.fit`).
+
+    Raises
+    ------
+    InputError
+        Missing prepared data.
+    """
+    prepared_dir = Path(prepared_dir)
+    manifest = read_manifest(prepared_dir)
+    t = params.pretrain.training
+    dm = TableDataModule(prepared_dir, "pretrain", t.batch_size, params.seed, t.num_workers)
+    task = build_pretrain_task(params, manifest)
+    return fit(
+        task, dm, t, model_dir, live_dir, pretrain_fingerprint(params, prepared_dir),
+        params.seed, callbacks,
+    )  # fmt: skip
+
+
+def parallax_label_scale(prepared_dir: Path, manifest: dict) -> tuple[float, float] | None:
+    """(mean, std) in mas of the parallax label's StandardScaler, or None without parallax."""
+    idx = manifest.get("parallax_label_index")
+    if idx is None:
+        return None
+    _, labels = load_table_scalers(prepared_dir / "scalers.json")
+    return float(labels.mean[idx]), float(labels.std[idx])
+
+
+def build_finetune_task(
+    params: StellarXPParams, manifest: dict, prepared_dir: Path, pretrained: MaskedAutoencoder
+) -> QuantileFinetuneTask:
+    """The quantile fine-tuning task around a (pretrained) autoencoder."""
+    L.seed_everything(params.seed + 1, workers=True, verbose=False)  # head weights
+    head = QuantileHead(
+        params.model.latent_dim, len(manifest["labels"]), hidden=params.finetune.head_hidden
+    )
+    return QuantileFinetuneTask.from_params(
+        pretrained, head, params.finetune, params.masking,
+        xp_idx=manifest["xp_indices"],
+        parallax_feature_idx=manifest.get("parallax_index"),
+        parallax_label_idx=manifest.get("parallax_label_index"),
+        parallax_label_scale=parallax_label_scale(prepared_dir, manifest),
+        label_names=manifest["labels"], seed=params.seed,
+    )  # fmt: skip
+
+
+def finetune(
+    params: StellarXPParams,
+    prepared_dir: str | Path,
+    pretrained_dir: str | Path,
+    model_dir: str | Path,
+    live_dir: str | Path,
+    callbacks: list[Callback] | None = None,
+) -> dict:
+    """Fine-tune encoder + quantile head on the labelled shards.
+
+    Parameters
+    ----------
+    params : StellarXPParams
+        ``finetune``, ``masking``, ``model``, ``seed``.
+    prepared_dir : path
+        Output of prepare.
+    pretrained_dir : path
+        Output of :func:`pretrain` (``best.ckpt``).
+    model_dir, live_dir : path
+        Checkpoints and DVCLive curves.
+    callbacks : list of lightning Callback, optional
+
+    Returns
+    -------
+    dict
+        Final training state.
+
+    Raises
+    ------
+    InputError
+        Missing prepared data or pretrained checkpoint, or a checkpoint that
+        does not match the model in params.
+    """
+    prepared_dir, pretrained_dir = Path(prepared_dir), Path(pretrained_dir)
+    manifest = read_manifest(prepared_dir)
+    ckpt = pretrained_dir / "best.ckpt"
+    model = load_pretrained_encoder(build_model(params, manifest), ckpt)
+    task = build_finetune_task(params, manifest, prepared_dir, model)
+    t = params.finetune.training
+    dm = TableDataModule(prepared_dir, "finetune", t.batch_size, params.seed, t.num_workers)
+    fp = fingerprint(
+        params.finetune.model_dump(exclude={"training"}),
+        t.model_dump(exclude={"resume", "num_workers"}),
+        params.masking.model_dump(), params.seed, _digest(prepared_dir),
+        file_digest(ckpt),
+    )  # fmt: skip
+    return fit(task, dm, t, model_dir, live_dir, fp, params.seed, callbacks)
