@@ -71,7 +71,13 @@ def test_scaling(xp_raw, xp_prepared):
     assert np.all(np.abs(med[j]) < 0.25), med[j]  # a 1000-row sample of ~2700 train rows
     # errors are divided by the feature's IQR: undo the scaling and compare with the raw file
     blk = next(iter_blocks(raw / "pretrain.h5", "sslset0_part0", None, 64))
-    for c, e in (("bp_1", "bpe_1"), ("G", "e_G"), ("J", "E_J"), ("PARALLAX", "e_parallax")):
+    # XP coefficients are flux-normalised (data.xp_normalisation: flux) before scaling
+    b1, b2 = feats.index("bp_1"), feats.index("bp_2")
+    x_raw = fs.inverse_transform(train["x"][:64])
+    np.testing.assert_allclose(x_raw[:, b1], -2.5 * np.log10(blk["bp_1"]), rtol=1e-5)
+    np.testing.assert_allclose(x_raw[:, b2], blk["bp_2"] / blk["bp_1"], rtol=1e-4, atol=1e-7)
+    assert m["xp_normalisation"] == "flux"
+    for c, e in (("G", "e_G"), ("J", "E_J"), ("PARALLAX", "e_parallax")):
         k = feats.index(c)
         x_raw = fs.inverse_transform(train["x"][:64])[:, k]
         e_raw = fs.inverse_errors(train["x_err"][:64])[:, k]
@@ -122,8 +128,9 @@ def test_scaler_uses_train_keys_only(tmp_path):
         cols[lab], cols[f"e_{lab}"] = rng.normal(5, 1, 300), np.full(300, 0.1)
     write_fits_table(ft, cols)
     params = tiny_xp_params(
-        tmp_path, pretrain_path=str(p), finetune_path=str(ft), pretrain_sources="simulated"
-    )
+        tmp_path, pretrain_path=str(p), finetune_path=str(ft), pretrain_sources="simulated",
+        xp_normalisation="none",  # Gaussian noise is no spectrum
+    )  # fmt: skip
     m = prepare(params, tmp_path / "out")
     fs, _ = load_table_scalers(tmp_path / "out" / "scalers.json")
     assert m["sources"]["simulated"]["val_keys"] == ["sslset0_part2"]
