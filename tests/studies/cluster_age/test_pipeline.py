@@ -173,3 +173,34 @@ def test_cli_bad_input_exits_2(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("cluster_age:\n  mask:\n    type: ring\n")
     r = CliRunner().invoke(app, ["cluster-age", "prepare", "--out", "prep"])
     assert r.exit_code == 2 and "mask.type" in r.output
+
+
+@pytest.mark.parametrize("norm", ["filter", "dataset"])
+def test_normalisation_statistics_come_from_masked_training_images(raw_file, tmp_path, norm):
+    from astrobatch.studies.cluster_age.train import make_transform
+
+    p = tiny_params(
+        data={"raw_path": str(raw_file)},
+        mask={"type": "outer", "radius": 6},
+        training={"normalisation": norm},
+    )
+    prepare(p.data, tmp_path / "prep")
+    t = make_transform(p, tmp_path / "prep")
+    imgs = {}
+    for split in ("train", "val", "test"):
+        with h5py.File(tmp_path / "prep" / f"{split}.h5") as f:
+            imgs[split] = t.masked(f["images"][:])  # masked + asinh-stretched, as trained on
+    train = imgs["train"]
+    np.testing.assert_allclose(t.stats.channel_min, train.min(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(t.stats.channel_max, train.max(axis=(0, 2, 3)), rtol=1e-6)
+    assert t.stats.global_max == pytest.approx(float(train.max()))
+    everything = np.concatenate(list(imgs.values()))
+    assert everything.max() > train.max()  # val/test never leak into the statistics
+    x = t(_raw_train(tmp_path))
+    if norm == "dataset":
+        assert x.min() == pytest.approx(0, abs=1e-6) and x.max() == pytest.approx(1, abs=1e-6)
+
+
+def _raw_train(tmp_path):
+    with h5py.File(tmp_path / "prep" / "train.h5") as f:
+        return f["images"][:]
