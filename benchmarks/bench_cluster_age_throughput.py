@@ -34,12 +34,13 @@ Loader throughput (images/s)
 
 Raw reads (images/s)
     The reads alone (no transform, no augmentation) of one shuffled epoch's
-    batches (``ChunkBatchSampler``, ``5im`` shard): ``CutoutShardDataset.read``
-    in RAM and from HDF5, then plain h5py on a fresh handle each: one
-    selection per batch (``images[sorted rows]``, what ``read`` does) and one
-    read per row (``images[i]`` or ``read_direct``), with the 256 MiB chunk
-    cache of ``open_shard``, h5py's default (1 MiB) or none
-    (``rdcc_nbytes=0``); one untimed epoch, then ``--read-repeats`` timed ones.
+    batches (``ChunkBatchSampler``; all 5 channels): ``CutoutShardDataset.read``
+    in RAM and from HDF5 (one h5py selection of the sorted rows per batch,
+    ``open_shard``'s 256 MiB chunk cache), then plain h5py on a fresh handle
+    each: the same one selection per batch with the chunk cache off
+    (``rdcc_nbytes=0``), and one read per row of the batch (``images[i]`` with
+    the ``open_shard`` cache or h5py's default 1 MiB one; ``read_direct`` with
+    no cache). One untimed epoch, then ``--read-repeats`` timed ones.
 
 Training-step throughput (images/s)
     One step = forward + MSE + backward + gradient clipping
@@ -79,7 +80,7 @@ with :func:`~astrobatch.studies.cluster_age.prepare.prepare` in a temporary fold
 Usage::
 
     .venv/bin/python benchmarks/bench_cluster_age_throughput.py \\
-        --out benchmarks/results/cluster_age_throughput_cpu.json          # ~2.5 min, 2 cores
+        --out benchmarks/results/cluster_age_throughput_cpu.json          # ~3 min, 2 cores
     .venv/bin/python benchmarks/bench_cluster_age_throughput.py --device cuda --precision bf16 \\
         --steps 50 --upstream-steps 20 --upstream-repeats 5 --upstream-share-steps 60 \\
         --out benchmarks/results/cluster_age_throughput_cuda_bf16.json
@@ -358,7 +359,6 @@ def bench_loader(setup: Setup, mode: str, workers: int, a) -> dict:
 RAW_READS = (  # (label, how the file is opened, how a batch is read)
     ("CutoutShardDataset.read, split in RAM", "memory", "dataset"),
     ("CutoutShardDataset.read, HDF5 (max_memory_bytes=0)", "hdf5", "dataset"),
-    ("one h5py selection per batch, default chunk cache", "default", "selection"),
     ("one h5py selection per batch, no chunk cache", "nocache", "selection"),
     ("images[i] per row, open_shard (256 MiB chunk cache)", "open_shard", "row"),
     ("images[i] per row, default chunk cache", "default", "row"),
@@ -613,13 +613,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per repeat (default)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--upstream-steps", type=int, default=3, help="timed steps per repeat")
+    ap.add_argument("--upstream-steps", type=int, default=2, help="timed steps per repeat")
     ap.add_argument("--upstream-repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps (upstream: 1)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps (upstream: 1)")
     ap.add_argument("--loader-repeats", type=int, default=3, help="timed epochs per path")
     ap.add_argument("--read-repeats", type=int, default=2, help="timed epochs per raw read")
-    ap.add_argument("--share-steps", type=int, default=60)
-    ap.add_argument("--upstream-share-steps", type=int, default=6, help="0: skip")
+    ap.add_argument("--share-steps", type=int, default=40)
+    ap.add_argument("--upstream-share-steps", type=int, default=3, help="0: skip")
     ap.add_argument("--workers", type=int, nargs="*", default=None, help="DataLoader workers")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--skip-loader", action="store_true")

@@ -316,9 +316,10 @@ class CutoutShardDataset(Dataset):
     """Cutouts of one prepared split, read from HDF5 one *batch* at a time.
 
     Used with :class:`ChunkBatchSampler` as ``batch_sampler`` (or any sampler of
-    index lists): ``__getitems__`` reads all images of a batch with one sorted
-    HDF5 selection (h5py reads whole chunks, which the sampler keeps few), then
-    masks, stacks, normalises and augments the batch with vectorised NumPy.
+    index lists): ``__getitems__`` gets all images of a batch in one call (from
+    memory when the split fits, else hyperslab reads through the HDF5 chunk
+    cache, with few chunks per batch thanks to the sampler), then masks,
+    stacks, normalises and augments the batch with vectorised NumPy.
 
     Parameters
     ----------
@@ -368,6 +369,7 @@ class CutoutShardDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self._file: h5py.File | None = None
+        self._dset: h5py.Dataset | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -377,23 +379,34 @@ class CutoutShardDataset(Dataset):
         self.epoch = epoch
 
     def _images(self) -> h5py.Dataset:
-        if self._file is None:  # opened lazily: once per DataLoader worker
+        # Opened lazily, once per DataLoader worker, and kept: HDF5's chunk cache belongs to
+        # the open dataset, so re-opening it per batch would re-read every chunk.
+        if self._file is None:
             self._file = open_shard(self.path)
-        return self._file["images"]
+            self._dset = self._file["images"]
+        return self._dset
 
     def read(self, indices) -> np.ndarray:
-        """Raw images at ``indices`` (any order), one HDF5 read, shape (n, C, S, S)."""
+        """Raw images at ``indices`` (any order, repeats allowed), shape (n, C, S, S).
+
+        In memory: one array indexing. From HDF5: one hyperslab read per run of
+        consecutive indices, through a 256 MiB chunk cache.
+        """
         idx = np.asarray(indices, dtype=np.int64)
         if self.in_memory:
             if self._cache is None:
                 self._cache = self._images()[:]
             return self._cache[idx]
-        order = np.argsort(idx, kind="stable")
-        uniq, inv = np.unique(idx[order], return_inverse=True)
-        raw = self._images()[uniq]
-        out = np.empty((len(idx), *raw.shape[1:]), raw.dtype)
-        out[order] = raw[inv]
-        return out
+        uniq, inv = np.unique(idx, return_inverse=True)
+        # Runs of consecutive indices are read as hyperslabs through the chunk cache: h5py's
+        # point selection (dataset[list]) is ~60x slower (benchmarks/README.md, cluster_age).
+        ds = self._images()
+        raw = np.empty((len(uniq), *ds.shape[1:]), ds.dtype)
+        breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+        for run in np.split(np.arange(len(uniq)), breaks):
+            a, b = int(uniq[run[0]]), int(uniq[run[-1]]) + 1
+            raw[run[0] : run[-1] + 1] = ds[a:b]
+        return raw[inv.reshape(-1)]
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
@@ -415,7 +428,7 @@ class CutoutShardDataset(Dataset):
 
     def __getstate__(self):  # h5py handles do not pickle (DataLoader workers)
         state = self.__dict__.copy()
-        state["_file"] = None
+        state["_file"] = state["_dset"] = None
         state["_cache"] = None
         return state
 
