@@ -18,8 +18,8 @@ Loader throughput (images/s)
         in RAM) with :class:`~astrobatch.data.images.ChunkBatchSampler`
         (``CutoutDataModule.loader("train", shuffle=True)``).
     ``hdf5``
-        The same with ``max_memory_bytes=0``: every batch is one HDF5 selection
-        (``__getitems__`` -> ``read``), chunk-aware sampler.
+        The same with ``max_memory_bytes=0``: every batch is read from the
+        shard by one ``__getitems__`` -> ``read`` call, chunk-aware sampler.
     ``per-sample``
         For contrast, the naive path: a plain ``Dataset`` whose ``__getitem__``
         reads one cutout (``h5py.File(path)["images"][i]``, default h5py
@@ -35,12 +35,13 @@ Loader throughput (images/s)
 Raw reads (images/s)
     The reads alone (no transform, no augmentation) of one shuffled epoch's
     batches (``ChunkBatchSampler``; all 5 channels): ``CutoutShardDataset.read``
-    in RAM and from HDF5 (one h5py selection of the sorted rows per batch,
-    ``open_shard``'s 256 MiB chunk cache), then plain h5py on a fresh handle
-    each: the same one selection per batch with the chunk cache off
-    (``rdcc_nbytes=0``), and one read per row of the batch (``images[i]`` with
-    the ``open_shard`` cache or h5py's default 1 MiB one; ``read_direct`` with
-    no cache). One untimed epoch, then ``--read-repeats`` timed ones.
+    in RAM and from HDF5 (``max_memory_bytes=0``), then plain h5py on a fresh
+    handle each: one selection of the batch's sorted rows
+    (``images[rows]``, h5py's list indexing; what ``read`` did before it read
+    runs of consecutive rows), and one read per row (``images[i]`` with the
+    256 MiB chunk cache of ``open_shard`` or h5py's default 1 MiB one;
+    ``read_direct`` with no chunk cache, ``rdcc_nbytes=0``). One untimed
+    epoch, then ``--read-repeats`` timed ones.
 
 Training-step throughput (images/s)
     One step = forward + MSE + backward + gradient clipping
@@ -359,7 +360,7 @@ def bench_loader(setup: Setup, mode: str, workers: int, a) -> dict:
 RAW_READS = (  # (label, how the file is opened, how a batch is read)
     ("CutoutShardDataset.read, split in RAM", "memory", "dataset"),
     ("CutoutShardDataset.read, HDF5 (max_memory_bytes=0)", "hdf5", "dataset"),
-    ("one h5py selection per batch, no chunk cache", "nocache", "selection"),
+    ("images[sorted rows], one selection per batch, open_shard cache", "open_shard", "selection"),
     ("images[i] per row, open_shard (256 MiB chunk cache)", "open_shard", "row"),
     ("images[i] per row, default chunk cache", "default", "row"),
     ("read_direct per row, no chunk cache", "nocache", "row_direct"),

@@ -17,11 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
-    """The real data samples beside the checkout (``../shared/data``), or /work/shared/data."""
-    for cand in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
-        if cand.is_dir():
-            return cand
-    return ROOT.parent / "shared" / "data"
+    """The real data samples committed with the project (``data/external``)."""
+    return ROOT / "data" / "external"
 
 
 def tiny_params(**overrides) -> StarSetsParams:

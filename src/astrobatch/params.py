@@ -229,8 +229,8 @@ class StarSetsEvaluate(Strict):
 
     real_snapshots: list[str] = Field(
         default_factory=lambda: [
-            "../shared/data/star_sets/conf.3_0",
-            "../shared/data/star_sets/conf.3_20",
+            "data/external/star_sets/conf.3_0",
+            "data/external/star_sets/conf.3_20",
         ],
         description="NBODY6++ OUT3 files predicted by `evaluate`; missing files are skipped",
     )

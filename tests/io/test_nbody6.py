@@ -11,15 +11,7 @@ import pytest
 from astrobatch.errors import InputError
 from astrobatch.io.nbody6 import Out3Snapshot, read_out3
 
-
-def _star_sets_dir() -> Path:
-    here = Path(__file__).resolve().parents[2].parent / "shared/data/star_sets"
-    if here.is_dir():
-        return here
-    return Path("/work/shared/data/star_sets")
-
-
-STAR_SETS = _star_sets_dir()
+STAR_SETS = Path(__file__).resolve().parents[2] / "data" / "external" / "star_sets"
 CONF0 = STAR_SETS / "conf.3_0"
 CONF20 = STAR_SETS / "conf.3_20"
 
