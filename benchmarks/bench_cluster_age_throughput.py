@@ -92,7 +92,9 @@ bfloat16), ``--batch-size``, ``--steps``, ``--repeats``, ``--upstream-steps``,
 ``--share-steps``, ``--upstream-share-steps`` (0 = skip), ``--workers``, ``--threads``,
 ``--skip-loader`` / ``--skip-compute`` / ``--skip-share`` / ``--skip-upstream``,
 ``--out`` (JSON). The CPU used by *other* processes during the run is stored as
-``machine.other_processes_cores`` (warning above 0.2 cores).
+``machine.other_processes_cores`` (warning above 0.2 cores) and per phase as
+``other_processes_cores_per_phase``: with 2 torch threads on 2 cores, one busy
+core elsewhere makes the default-width step ~10x slower.
 """
 
 from __future__ import annotations
@@ -174,15 +176,19 @@ def status_mib(key: str) -> float | None:
     return None
 
 
-class PeakRSS:
-    """Peak RSS per phase: ``VmHWM`` read at the end of a phase, then reset (``clear_refs``)."""
+class Phases:
+    """Per phase: peak RSS (``VmHWM``, then reset by ``clear_refs``) and other processes' CPU."""
 
     def __init__(self):
         self.phases: dict[str, float | None] = {}
+        self.other: dict[str, float | None] = {}
         self.reset_ok = True
+        self._load = OtherLoad()
 
     def mark(self, phase: str) -> None:
         self.phases[phase] = status_mib("VmHWM")
+        self.other[phase] = self._load.cores()
+        self._load = OtherLoad()
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
@@ -600,6 +606,11 @@ def print_tables(res: dict, a, where: str) -> None:
             )
     rss = res["peak_rss_mib"]
     print("\nPeak RSS (VmHWM, MiB) per phase: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    other = res["other_processes_cores_per_phase"]
+    print(
+        "Other processes' CPU (cores) per phase: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in other.items() if v is not None)
+    )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -641,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    rss = PeakRSS()
+    rss = Phases()
     rss.mark("imports")
     other = OtherLoad()
     p = load_params("cluster_age", ROOT / "params.yaml")
@@ -703,6 +714,7 @@ def main(argv: list[str] | None = None) -> None:
             k: {"prepared": str(v), "train_images_shape": shapes[k]} for k, v in dirs.items()
         }
     res["peak_rss_mib"] = {**rss.phases, "overall": rss.overall()}
+    res["other_processes_cores_per_phase"] = rss.other
     info = machine_info(device)
     info["other_processes_cores"] = other.cores()
     info["hwm_reset_per_phase"] = rss.reset_ok

@@ -117,3 +117,22 @@ def write_json(path: str | Path, obj: Any) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n")
+
+
+def read_manifest(folder: str | Path, name: str = "manifest.json") -> dict:
+    """The JSON manifest a ``prepare`` stage wrote in ``folder``.
+
+    Raises
+    ------
+    astrobatch.errors.InputError
+        Missing file (prepare has not run) or invalid JSON.
+    """
+    from astrobatch.errors import InputError
+
+    path = Path(folder) / name
+    if not path.is_file():
+        raise InputError("missing prepared file (run prepare first)", path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"not valid JSON ({err})", path) from None

@@ -26,7 +26,7 @@ from astrobatch.data.images import (
     open_shard,
 )
 from astrobatch.errors import InputError
-from astrobatch.io.atomic import write_json
+from astrobatch.io.atomic import read_manifest, write_json
 from astrobatch.nn.cnn import AgeCNN
 from astrobatch.params import ClusterAgeParams
 from astrobatch.tasks.regression import RegressionTask
@@ -34,23 +34,6 @@ from astrobatch.train import file_digest, fingerprint, fit
 
 SPLITS = ("train", "val", "test")
 NORM_FILE = "normalisation.json"
-
-
-def read_manifest(prepared_dir: str | Path) -> dict:
-    """The prepare manifest (target scaling, counts, bands).
-
-    Raises
-    ------
-    InputError
-        Missing or unreadable manifest.
-    """
-    path = Path(prepared_dir) / "manifest.json"
-    if not path.is_file():
-        raise InputError("missing prepared file (run prepare first)", path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"not valid JSON ({err})", path) from None
 
 
 def read_log_age(prepared_dir: str | Path, split: str) -> np.ndarray:

@@ -10,7 +10,6 @@ stopping, DVCLive curves, auto-resume).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -19,29 +18,13 @@ from lightning.pytorch.callbacks import Callback
 from astrobatch.data.scalers import load_table_scalers
 from astrobatch.data.tables import TableDataModule
 from astrobatch.errors import InputError
+from astrobatch.io.atomic import read_manifest
 from astrobatch.nn.autoencoder import MaskedAutoencoder, QuantileHead, build_autoencoder
 from astrobatch.params import StellarXPParams
 from astrobatch.studies.stellar_xp.columns import indices
 from astrobatch.tasks.masked import MaskedReconstructionTask
 from astrobatch.tasks.quantile import QuantileFinetuneTask, load_pretrained_encoder
 from astrobatch.train import file_digest, fingerprint, fit
-
-
-def read_manifest(prepared_dir: str | Path) -> dict:
-    """The prepare manifest (features, recon columns, labels, indices, counts).
-
-    Raises
-    ------
-    InputError
-        Missing or unreadable manifest.
-    """
-    path = Path(prepared_dir) / "manifest.json"
-    if not path.is_file():
-        raise InputError("missing prepared file (run prepare first)", path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"not valid JSON ({err})", path) from None
 
 
 def _digest(prepared_dir: Path) -> str:
