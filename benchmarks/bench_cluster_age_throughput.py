@@ -30,7 +30,10 @@ Loader throughput (images/s)
     (it loads the ``memory`` split and warms the HDF5 chunk cache), then
     ``--loader-repeats`` timed epochs; the median images/s (min-max) is
     reported. The shard is in the OS page cache (this measures the loader, not
-    the disk).
+    the disk). Every measurement closes its shard handles before the next:
+    HDF5 shares one dataset, and its chunk cache, among all open handles of a
+    file in a process, so a handle left open would lend its 256 MiB cache to
+    the per-sample reads.
 
 Raw reads (images/s)
     The reads alone (no transform, no augmentation) of one shuffled epoch's
@@ -46,7 +49,7 @@ Raw reads (images/s)
 Training-step throughput (images/s)
     One step = forward + MSE + backward + gradient clipping
     (``training.gradient_clip_val``, as Lightning does in training) + AdamW
-    (``training.lr``, ``weight_decay`` 0, i.e. Adam), batch ``--batch-size``, for
+    (``training.lr`` and ``weight_decay``, 0: Adam), batch ``--batch-size``, for
     ``1im`` and ``5im`` at the ``default`` widths (``params.yaml``: conv
     [16, 32, 64], dense [128, 64, 32], on the prepared crop, 80 px) and the
     ``upstream`` widths (conv [128, 256, 512], dense [512, 256, 128], on
@@ -81,7 +84,7 @@ with :func:`~astrobatch.studies.cluster_age.prepare.prepare` in a temporary fold
 Usage::
 
     .venv/bin/python benchmarks/bench_cluster_age_throughput.py \\
-        --out benchmarks/results/cluster_age_throughput_cpu.json          # ~3 min, 2 cores
+        --out benchmarks/results/cluster_age_throughput_cpu.json          # ~2 min, 2 cores
     .venv/bin/python benchmarks/bench_cluster_age_throughput.py --device cuda --precision bf16 \\
         --steps 50 --upstream-steps 20 --upstream-repeats 5 --upstream-share-steps 60 \\
         --out benchmarks/results/cluster_age_throughput_cuda_bf16.json
@@ -94,7 +97,7 @@ bfloat16), ``--batch-size``, ``--steps``, ``--repeats``, ``--upstream-steps``,
 ``--out`` (JSON). The CPU used by *other* processes during the run is stored as
 ``machine.other_processes_cores`` (warning above 0.2 cores) and per phase as
 ``other_processes_cores_per_phase``: with 2 torch threads on 2 cores, one busy
-core elsewhere makes the default-width step ~10x slower.
+core elsewhere made the default-width step ~14x slower.
 """
 
 from __future__ import annotations
@@ -407,12 +410,8 @@ def bench_raw_reads(setup: Setup, a) -> list[dict]:
     }
     rows = []
     for label, source, how in RAW_READS:
-        f = None
-        if how == "dataset":
-            read = setup.dataset(source).read
-        else:
-            f = openers[source]()
-            read = batch_reader(f["images"], how)
+        src = setup.dataset(source) if how == "dataset" else openers[source]()
+        read = src.read if how == "dataset" else batch_reader(src["images"], how)
         rates = []
         for r in range(1 + a.read_repeats):
             t0 = time.perf_counter()
@@ -420,8 +419,12 @@ def bench_raw_reads(setup: Setup, a) -> list[dict]:
                 read(np.asarray(b))
             if r:
                 rates.append(n / (time.perf_counter() - t0))
-        if f is not None:
-            f.close()
+        # Close before the next variant: HDF5 shares one dataset (and its chunk cache) between
+        # all open handles of a file in a process.
+        del read
+        if isinstance(src, h5py.File):
+            src.close()
+        del src
         med = statistics.median(rates)
         rows.append(
             {
@@ -480,7 +483,7 @@ def bench_compute(setup: Setup, widths: str, device, steps: int, repeats: int, a
     """Median images/s of compute-only training steps."""
     step, nparams = new_stepper(setup, device, a.precision)
     rng = np.random.default_rng(setup.params.seed)
-    ds = setup.train
+    ds = setup.dataset("memory")
     pool = [
         to_device(
             ds.__getitems__(rng.choice(len(ds), a.batch_size, replace=len(ds) < a.batch_size)),
@@ -488,6 +491,7 @@ def bench_compute(setup: Setup, widths: str, device, steps: int, repeats: int, a
         )
         for _ in range(POOL)
     ]
+    del ds  # closes its shard handle (see bench_raw_reads)
     for i in range(a.warmup):
         step(*pool[i % POOL])
     sync(device)
@@ -627,7 +631,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--upstream-steps", type=int, default=2, help="timed steps per repeat")
     ap.add_argument("--upstream-repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps (upstream: 1)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps (upstream share: 1)")
     ap.add_argument("--loader-repeats", type=int, default=3, help="timed epochs per path")
     ap.add_argument("--read-repeats", type=int, default=2, help="timed epochs per raw read")
     ap.add_argument("--share-steps", type=int, default=40)
@@ -668,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
         if not a.skip_loader:
             res["raw_reads"] = bench_raw_reads(setups["default", "5im"], a)
             for r in res["raw_reads"]:
-                print(f"  raw read {r['read']:58s} {r['images_per_s']:8,.0f} img/s", flush=True)
+                print(f"  raw read {r['read']:64s} {r['images_per_s']:8,.0f} img/s", flush=True)
             for w in a.workers:
                 for mode in MODES:
                     for inp in INPUTS:
