@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 from pathlib import Path
@@ -209,8 +210,25 @@ def fit(
     return state
 
 
-def load_model_weights(model: torch.nn.Module, ckpt_path: str | Path) -> torch.nn.Module:
-    """Load the ``model.*`` weights of a Lightning checkpoint into a pure module.
+def load_model_weights(
+    model: torch.nn.Module, ckpt_path: str | Path, prefix: str = "model."
+) -> torch.nn.Module:
+    """Load the ``<prefix>*`` weights of a Lightning checkpoint into a module.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A pure module (``prefix="model."``, the task's wrapped model) or a
+        whole LightningModule (``prefix=""``).
+    ckpt_path : str or pathlib.Path
+        Checkpoint written by :func:`fit` (``best.ckpt``, ``last.ckpt``).
+    prefix : str
+        Keys of the checkpoint's ``state_dict`` to load, the prefix stripped.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model`` in eval mode.
 
     Raises
     ------
@@ -224,8 +242,9 @@ def load_model_weights(model: torch.nn.Module, ckpt_path: str | Path) -> torch.n
         raise InputError("checkpoint not found (run train first)", ckpt_path)
     try:
         sd = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict({k[6:]: v for k, v in sd.items() if k.startswith("model.")})
-    except (RuntimeError, KeyError, EOFError) as err:
+        n = len(prefix)
+        model.load_state_dict({k[n:]: v for k, v in sd.items() if k.startswith(prefix)})
+    except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:
         raise InputError(
             f"checkpoint does not match the model in params ({str(err)[:300]})", ckpt_path
         ) from None

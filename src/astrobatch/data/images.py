@@ -134,11 +134,13 @@ class NormStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> NormStats:
+        """Inverse of :meth:`to_dict` (``normalisation.json``)."""
         return cls(
             tuple(d["channel_min"]), tuple(d["channel_max"]), d["global_min"], d["global_max"]
         )
 
     def to_dict(self) -> dict:
+        """JSON-ready mapping (lists of float)."""
         return {
             "channel_min": list(self.channel_min),
             "channel_max": list(self.channel_max),
@@ -551,10 +553,13 @@ class CutoutDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled (chunk-aware, epoch-seeded), augmented training batches."""
         return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        """Validation batches in file order."""
         return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
+        """Test batches in file order."""
         return self.loader("test")

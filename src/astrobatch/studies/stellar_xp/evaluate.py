@@ -201,8 +201,7 @@ def evaluate(
 
     # fine-tuned model (weights of best.ckpt into a freshly built task)
     task = build_finetune_task(params, manifest, prepared_dir, build_model(params, manifest))
-    sd = torch.load(model_dir / "best.ckpt", map_location="cpu", weights_only=False)
-    task.load_state_dict(sd["state_dict"])
+    load_model_weights(task, model_dir / "best.ckpt", prefix="")
     q_scaled = predict_quantiles(task, test_ds)  # (n, L, 3)
     mean, std = np.asarray(lscaler.mean), np.asarray(lscaler.std)
     q = q_scaled * std[None, :, None] + mean[None, :, None]
@@ -301,8 +300,6 @@ def masked_xp_error(
         coefficients keep both near their noise level), ``n_rows`` (sources with
         at least one hidden coefficient).
     """
-    from astrobatch.tasks.masked import fill_masked
-
     task.eval()
     xp = torch.as_tensor(np.asarray(xp_idx))
     g = torch.Generator().manual_seed(int(seed))
@@ -310,13 +307,9 @@ def masked_xp_error(
     count, rows = 0, 0
     for a in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.asarray(x[a : a + batch_size], np.float32))
-        present = torch.isfinite(xb)
-        mask = torch.zeros_like(present)
+        mask = torch.zeros(xb.shape, dtype=torch.bool)
         mask[:, xp] = torch.rand((len(xb), len(xp)), generator=g) < fraction
-        mask &= present
-        inp = fill_masked(xb, mask, task.hparams.fill_value)
-        ind = (mask | ~present).float() if task.model.in_features == 2 * xb.shape[1] else None
-        recon = task.model.decode(task.model.encode(inp, ind))
+        recon, mask = _reconstruct(task, xb, mask)
         m = mask[:, : recon.shape[1]]
         d = (recon - torch.nan_to_num(xb[:, : recon.shape[1]]))[m]
         abs_sum += float(d.abs().sum())
@@ -335,24 +328,32 @@ def masked_xp_error(
     }
 
 
+def _reconstruct(task, xb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hide ``mask & present`` as in pretraining (fill value, indicators) and decode.
+
+    Returns the reconstruction (B, R) and the effective mask (B, F): masked and present.
+    """
+    from astrobatch.tasks.masked import fill_masked
+
+    present = torch.isfinite(xb)
+    mask = mask & present
+    inp = fill_masked(xb, mask, task.hparams.fill_value)
+    ind = (mask | ~present).float() if task.model.in_features == 2 * xb.shape[1] else None
+    return task.model.decode(task.model.encode(inp, ind)), mask
+
+
 @torch.no_grad()
 def _recon_examples(task, ds, manifest: dict, k: int = 3) -> dict[str, np.ndarray]:
     """True and reconstructed XP coefficients (scaled) of the first ``k`` sources with XP."""
-    from astrobatch.tasks.masked import fill_masked
-
     xp = np.asarray(manifest["xp_indices"])
     x = ds.arrays["x"]
     rows = np.flatnonzero(np.isfinite(x[:, xp]).all(axis=1))[:k]
     if len(rows) == 0:
         return {}
     xb = torch.from_numpy(x[rows])
-    present = torch.isfinite(xb)
-    mask = torch.zeros_like(present)
+    mask = torch.zeros(xb.shape, dtype=torch.bool)
     mask[:, xp] = True
-    mask &= present
-    inp = fill_masked(xb, mask, task.hparams.fill_value)
-    ind = (mask | ~present).float() if task.model.in_features == 2 * xb.shape[1] else None
-    recon = task.model.decode(task.model.encode(inp, ind)).numpy()
+    recon = _reconstruct(task, xb, mask)[0].numpy()
     xp_r = xp[xp < recon.shape[1]]
     return {"true": x[rows][:, xp_r], "recon": recon[:, xp_r]}
 
