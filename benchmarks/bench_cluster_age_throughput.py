@@ -128,7 +128,8 @@ from astrobatch.data.images import (
     dihedral,
     open_shard,
 )
-from astrobatch.params import ClusterAgeParams, load_params
+from astrobatch.params import load_params
+from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.studies.cluster_age.train import build_model, make_datasets, make_transform
 
 ROOT = Path(__file__).resolve().parents[1]

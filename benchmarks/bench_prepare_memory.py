@@ -60,7 +60,7 @@ MiB = 1024**2
 CHILD = r"""
 import json, sys, time
 args = json.loads(sys.argv[1])
-from astrobatch.params import StarSetsData
+from astrobatch.studies.star_sets.params import StarSetsData
 import astrobatch.studies.star_sets.prepare as P
 
 def status_kib(key):  # VmHWM: peak RSS of this process image (reset by exec), VmRSS: current
@@ -139,7 +139,7 @@ def load_base(raw: Path | None, base_runs: int, workdir: Path):
     from astrobatch.io.sets import read_csr_h5
 
     if raw is None:
-        from astrobatch.params import StarSetsSimulate
+        from astrobatch.studies.star_sets.params import StarSetsSimulate
         from astrobatch.studies.star_sets.simulate import simulate_to_file
 
         raw = workdir / "simulated.h5"

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD_PREPARE = r"""
 import json, sys, time
 args = json.loads(sys.argv[1])
-from astrobatch.params import StellarXPParams
+from astrobatch.studies.stellar_xp.params import StellarXPParams
 import astrobatch.studies.stellar_xp.prepare as P
 
 def status_kib(key):
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
 
-    from astrobatch.params import StellarXPSimulate
+    from astrobatch.studies.stellar_xp.params import StellarXPSimulate
     from astrobatch.studies.stellar_xp.simulate import simulate_to_files
 
     if a.base_rows % a.rows_per_part:

@@ -65,7 +65,12 @@ from torch.utils.data import default_collate
 
 from _common import OtherLoad
 from astrobatch.data.sets import SetDataModule, SetSampleDataset
-from astrobatch.params import SamplingParams, SetModelParams, StarSetsData, StarSetsSimulate
+from astrobatch.studies.star_sets.params import (
+    SamplingParams,
+    SetModelParams,
+    StarSetsData,
+    StarSetsSimulate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREPARED = ROOT / "data/prepared/star_sets"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astrobatch.params import StarSetsParams
+from astrobatch.studies.star_sets.params import StarSetsParams
 
 ROOT = Path(__file__).resolve().parents[1]
 

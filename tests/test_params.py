@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from astrobatch.errors import ParamsError
-from astrobatch.params import StarSetsParams, load_params
+from astrobatch.params import load_params
+from astrobatch.studies.star_sets.params import StarSetsParams
 from tests.conftest import ROOT
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from astrobatch.data.sets import EpochSampler, SetDataModule, SetSampleDataset, sample_set
-from astrobatch.params import SamplingParams
+from astrobatch.studies.star_sets.params import SamplingParams
 
 
 def test_sample_set_sizes_and_drop():

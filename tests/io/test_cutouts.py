@@ -13,7 +13,7 @@ from astrobatch.io.cutouts import (
     open_cutouts,
     write_cutouts,
 )
-from astrobatch.params import CLUSTER_AGE_BANDS
+from astrobatch.studies.cluster_age.params import CLUSTER_AGE_BANDS
 
 
 def _data(n=7, c=5, s=12, seed=0):

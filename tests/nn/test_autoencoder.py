@@ -12,7 +12,7 @@ from astrobatch.nn.autoencoder import (
     ResidualBlock,
     build_autoencoder,
 )
-from astrobatch.params import AutoencoderParams
+from astrobatch.studies.stellar_xp.params import AutoencoderParams
 
 F, R = 12, 9
 

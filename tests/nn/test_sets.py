@@ -16,7 +16,7 @@ from astrobatch.nn.sets import (
     masked_summary_statistics,
     mlp,
 )
-from astrobatch.params import SetModelParams
+from astrobatch.studies.star_sets.params import SetModelParams
 
 F = 3
 CONFIGS = {

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from astrobatch.nn.autoencoder import MaskedAutoencoder
-from astrobatch.params import MaskingParams, PretrainParams
+from astrobatch.studies.stellar_xp.params import MaskingParams, PretrainParams
 from astrobatch.tasks.masked import (
     MaskedReconstructionTask,
     cosine_warm_restarts,

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from astrobatch.errors import InputError
 from astrobatch.nn.autoencoder import MaskedAutoencoder, QuantileHead
-from astrobatch.params import FinetuneParams, MaskingParams
+from astrobatch.studies.stellar_xp.params import FinetuneParams, MaskingParams
 from astrobatch.tasks.masked import MaskedReconstructionTask
 from astrobatch.tasks.quantile import (
     QUANTILES,

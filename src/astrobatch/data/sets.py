@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from astrobatch.io.shards import read_shard
-from astrobatch.params import SamplingParams
+from astrobatch.studies.star_sets.params import SamplingParams
 
 
 def sample_set(

@@ -41,7 +41,10 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
-from astrobatch.params import CLUSTER_AGE_BANDS
+
+#: HST bands of the PHANGS-HST cluster cutouts, in channel order (WFC3/UVIS F275W, F336W,
+#: F438W, F555W and F814W; LEGUS catalogues name their columns after the same bands).
+PHANGS_BANDS: tuple[str, ...] = ("F275W", "F336W", "F438W", "F555W", "F814W")
 
 #: The four datasets every raw cutout file has.
 REQUIRED_KEYS: tuple[str, ...] = ("cluster_ids", "galaxy_ids", "image_cutouts", "cluster_log_ages")
@@ -89,7 +92,7 @@ def default_band_names(n_channels: int) -> tuple[str, ...]:
         If ``n_channels`` is not 1 or 5.
     """
     if n_channels == 5:
-        return tuple(CLUSTER_AGE_BANDS)
+        return tuple(PHANGS_BANDS)
     if n_channels == 1:
         return ("white",)
     raise InputError(f"expected 1 or 5 channels, got {n_channels}", key="image_cutouts")

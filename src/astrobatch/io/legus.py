@@ -19,7 +19,7 @@ view), 99.999 (not detected), 44.444 (CI-based aperture correction undefined).
 SED-fit quantities (age, mass, E(B-V) and their limits) are NaN where no fit
 was made (``n_filters < 4``).
 
-Band names follow the cutout channels (:data:`astrobatch.params.CLUSTER_AGE_BANDS`):
+Band names follow the cutout channels (:data:`astrobatch.io.cutouts.PHANGS_BANDS`):
 the ACS/WFC F435W column of NGC 628 is named ``mag_F438W`` (the B-band channel).
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from astrobatch.errors import InputError
-from astrobatch.params import CLUSTER_AGE_BANDS
+from astrobatch.io.cutouts import PHANGS_BANDS
 
 #: Photometry sentinels of the LEGUS catalogues (become NaN).
 SENTINELS: tuple[float, ...] = (66.666, 99.999, 44.444)
@@ -40,12 +40,12 @@ SENTINELS: tuple[float, ...] = (66.666, 99.999, 44.444)
 #: Bands are the channel names: F275W, F336W (WFC3/UVIS), F438W (= ACS F435W), F555W, F814W.
 COLUMNS: tuple[str, ...] = (
     "source_id", "x", "y", "ra", "dec",
-    *[f"{kind}_{band}" for band in CLUSTER_AGE_BANDS for kind in ("mag", "err")],
+    *[f"{kind}_{band}" for band in PHANGS_BANDS for kind in ("mag", "err")],
     "ci",
     "age_yr", "age_max_yr", "age_min_yr",
     "mass", "mass_max", "mass_min",
     "ebv", "ebv_max", "ebv_min",
-    *[f"residual_{band}" for band in CLUSTER_AGE_BANDS],
+    *[f"residual_{band}" for band in PHANGS_BANDS],
     "reduced_chi2", "q_prob", "n_filters", "class_mode", "class_mean",
 )  # fmt: skip
 
@@ -55,7 +55,7 @@ PHOTOMETRY_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c.startswith((
 SED_COLUMNS: tuple[str, ...] = (
     "age_yr", "age_max_yr", "age_min_yr", "mass", "mass_max", "mass_min",
     "ebv", "ebv_max", "ebv_min",
-    *[f"residual_{band}" for band in CLUSTER_AGE_BANDS],
+    *[f"residual_{band}" for band in PHANGS_BANDS],
     "reduced_chi2", "q_prob",
 )  # fmt: skip
 

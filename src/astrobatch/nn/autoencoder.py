@@ -35,7 +35,7 @@ Classes
     MLP from the latent to ``(q16, q50, q84)`` per label that cannot cross.
 
 :func:`build_autoencoder` builds the autoencoder from
-:class:`~astrobatch.params.AutoencoderParams`.
+:class:`~astrobatch.studies.stellar_xp.params.AutoencoderParams`.
 
 References
 ----------
@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from rtdl_num_embeddings import PeriodicEmbeddings
 from torch import Tensor, nn
 
-from astrobatch.params import AutoencoderParams
+from astrobatch.studies.stellar_xp.params import AutoencoderParams
 
 __all__ = ["MaskedAutoencoder", "QuantileHead", "ResidualBlock", "build_autoencoder"]
 

@@ -30,7 +30,7 @@ Models
     (Lee et al. 2019, "Set Transformer", arXiv:1810.00825).
 
 :func:`build_set_model` builds one of them from
-:class:`~astrobatch.params.SetModelParams`.
+:class:`~astrobatch.studies.star_sets.params.SetModelParams`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from astrobatch.params import SetModelParams
+from astrobatch.studies.star_sets.params import SetModelParams
 
 __all__ = [
     "ISAB",

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from astrobatch.nn.autoencoder import MaskedAutoencoder
-from astrobatch.params import MaskingParams, PretrainParams
+from astrobatch.studies.stellar_xp.params import MaskingParams, PretrainParams
 
 __all__ = [
     "MaskedReconstructionTask",

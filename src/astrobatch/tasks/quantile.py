@@ -54,7 +54,7 @@ from torchmetrics import MeanMetric
 
 from astrobatch.errors import InputError
 from astrobatch.nn.autoencoder import MaskedAutoencoder, QuantileHead
-from astrobatch.params import FinetuneParams, MaskingParams
+from astrobatch.studies.stellar_xp.params import FinetuneParams, MaskingParams
 from astrobatch.tasks.masked import (
     _estimated_steps,
     _index,

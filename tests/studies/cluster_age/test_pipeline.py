@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from astrobatch.cli import app
 from astrobatch.errors import InputError
 from astrobatch.io.cutouts import write_cutouts
-from astrobatch.params import ClusterAgeParams, ImageSplitParams
+from astrobatch.params import ImageSplitParams
+from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.studies.cluster_age.prepare import prepare, split_by_galaxy, split_random
 from tests.conftest import ROOT
 

@@ -10,8 +10,8 @@ from scipy.stats import spearmanr
 
 from astrobatch.errors import InputError
 from astrobatch.io.cutouts import open_cutouts
-from astrobatch.params import CLUSTER_AGE_BANDS, ClusterAgeSimulate
 from astrobatch.studies.cluster_age import physics as ph
+from astrobatch.studies.cluster_age.params import CLUSTER_AGE_BANDS, ClusterAgeSimulate
 from astrobatch.studies.cluster_age.photometry import (
     ZEROPOINTS_VEGA,
     aperture_fluxes,

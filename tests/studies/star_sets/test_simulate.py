@@ -13,7 +13,7 @@ from galpy.df import kingdf
 
 from astrobatch.errors import InputError
 from astrobatch.io.sets import read_csr_h5
-from astrobatch.params import STAR_COLUMNS, StarSetsSimulate
+from astrobatch.studies.star_sets.params import STAR_COLUMNS, StarSetsSimulate
 from astrobatch.studies.star_sets.physics import G_PC_KMS2_MSUN, snapshot_targets
 from astrobatch.studies.star_sets.simulate import (
     ELEMENT_COLUMNS,

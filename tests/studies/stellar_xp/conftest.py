@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from astrobatch.params import StellarXPParams, StellarXPSimulate
+from astrobatch.studies.stellar_xp.params import StellarXPParams, StellarXPSimulate
 
 TINY_SIM = {"n_pretrain": 1500, "rows_per_part": 400, "n_finetune": 800, "seed": 11}
 

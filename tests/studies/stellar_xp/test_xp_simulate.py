@@ -6,9 +6,9 @@ import numpy as np
 
 from astrobatch.io.compound_h5 import iter_blocks, key_columns, key_rows, list_keys
 from astrobatch.io.fits_tables import read_fits_table
-from astrobatch.params import StellarXPSimulate
 from astrobatch.studies.stellar_xp import physics as P
 from astrobatch.studies.stellar_xp.columns import LABELS, feature_names
+from astrobatch.studies.stellar_xp.params import StellarXPSimulate
 from astrobatch.studies.stellar_xp.simulate import finetune_columns, simulate_to_files
 from tests.studies.stellar_xp.conftest import TINY_SIM
 

@@ -30,7 +30,7 @@ from astrobatch.data.images import CutoutDataModule, keep_mask
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import age_metrics
 from astrobatch.io.atomic import atomic_path, write_json
-from astrobatch.params import ClusterAgeParams
+from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.studies.cluster_age.train import (
     SPLITS,
     base_transform,

@@ -23,10 +23,10 @@ from functools import lru_cache
 import numpy as np
 
 from astrobatch.errors import InputError
-from astrobatch.params import CLUSTER_AGE_BANDS
+from astrobatch.studies.cluster_age.params import CLUSTER_AGE_BANDS
 
 #: Vega zero points (mag for 1 e-/s, infinite aperture) of the five channels, in the order of
-#: :data:`~astrobatch.params.CLUSTER_AGE_BANDS`. WFC3/UVIS F275W and F336W: STScI WFC3/UVIS
+#: :data:`~astrobatch.io.cutouts.PHANGS_BANDS`. WFC3/UVIS F275W and F336W: STScI WFC3/UVIS
 #: zero-point table of the 2009 SMOV calibration (Kalirai et al. 2009, WFC3 ISR 2009-31);
 #: ACS/WFC F435W (the F438W channel of NGC 628), F555W, F814W: Sirianni et al. (2005, PASP
 #: 117, 1049, table 10). These are the instruments of the LEGUS NGC 628 catalogue. The values
@@ -46,7 +46,7 @@ def zeropoints(bands=CLUSTER_AGE_BANDS) -> np.ndarray:
     Parameters
     ----------
     bands : sequence of str
-        Channel names among :data:`~astrobatch.params.CLUSTER_AGE_BANDS`.
+        Channel names among :data:`~astrobatch.studies.cluster_age.params.CLUSTER_AGE_BANDS`.
 
     Returns
     -------

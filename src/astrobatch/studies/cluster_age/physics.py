@@ -50,7 +50,7 @@ from functools import lru_cache
 import numpy as np
 
 from astrobatch.errors import InputError
-from astrobatch.params import CLUSTER_AGE_BANDS
+from astrobatch.studies.cluster_age.params import CLUSTER_AGE_BANDS
 from astrobatch.studies.cluster_age.photometry import ZEROPOINTS_VEGA
 from astrobatch.studies.star_sets.physics import kroupa_inverse_cdf
 
@@ -409,7 +409,7 @@ def band_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         Grid, log10 K, 3.4 to 4.8 step 0.01.
     abs_mag : numpy.ndarray, shape (T, 5), float64
         Absolute Vega magnitude of a 1 Lsun blackbody (band order of
-        :data:`~astrobatch.params.CLUSTER_AGE_BANDS`).
+        :data:`~astrobatch.studies.cluster_age.params.CLUSTER_AGE_BANDS`).
     k_band : numpy.ndarray, shape (T, 5), float64
         A_band / E(B-V), mag.
     """

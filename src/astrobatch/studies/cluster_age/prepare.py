@@ -27,7 +27,8 @@ import numpy as np
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_dir, write_json
 from astrobatch.io.cutouts import open_cutouts
-from astrobatch.params import ClusterAgeData, ImageSplitParams
+from astrobatch.params import ImageSplitParams
+from astrobatch.studies.cluster_age.params import ClusterAgeData
 from astrobatch.studies.cluster_age.photometry import ZEROPOINTS_VEGA, aperture_magnitudes
 
 log = logging.getLogger(__name__)

@@ -89,7 +89,7 @@ from astrobatch.errors import InputError
 from astrobatch.io.cutouts import UNITS as CUTOUT_UNITS
 from astrobatch.io.cutouts import CutoutWriter
 from astrobatch.io.legus import read_legus_catalogue, select_clusters
-from astrobatch.params import CLUSTER_AGE_BANDS, ClusterAgeSimulate
+from astrobatch.studies.cluster_age.params import CLUSTER_AGE_BANDS, ClusterAgeSimulate
 from astrobatch.studies.cluster_age.photometry import ZEROPOINTS_VEGA, mag_to_counts
 from astrobatch.studies.cluster_age.physics import (
     DISTANCE_MODULUS_NGC628,

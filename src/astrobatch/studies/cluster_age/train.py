@@ -28,7 +28,7 @@ from astrobatch.data.images import (
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import read_manifest, write_json
 from astrobatch.nn.cnn import AgeCNN
-from astrobatch.params import ClusterAgeParams
+from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.tasks.regression import RegressionTask
 from astrobatch.train import file_digest, fingerprint, fit
 

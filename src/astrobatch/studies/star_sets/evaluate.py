@@ -30,7 +30,7 @@ from astrobatch.evaluate import metrics as M
 from astrobatch.evaluate import plots
 from astrobatch.io.atomic import atomic_path, write_json
 from astrobatch.nn.sets import build_set_model
-from astrobatch.params import StarSetsParams
+from astrobatch.studies.star_sets.params import StarSetsParams
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 

@@ -38,7 +38,8 @@ from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_dir, write_json
 from astrobatch.io.sets import CSRSets, csr_groups, read_upstream_npz
 from astrobatch.io.shards import ShardWriter
-from astrobatch.params import SplitParams, StarSetsData
+from astrobatch.params import SplitParams
+from astrobatch.studies.star_sets.params import StarSetsData
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

@@ -76,7 +76,7 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.sets import CSRSets, write_csr_h5
-from astrobatch.params import STAR_COLUMNS, StarSetsSimulate
+from astrobatch.studies.star_sets.params import STAR_COLUMNS, StarSetsSimulate
 from astrobatch.studies.star_sets.physics import (
     G_PC_KMS2_MSUN,
     jacobi_radius_pc,

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from astrobatch.data.sets import SetDataModule
 from astrobatch.errors import InputError
 from astrobatch.nn.sets import build_set_model
-from astrobatch.params import StarSetsParams
+from astrobatch.studies.star_sets.params import StarSetsParams
 from astrobatch.tasks.regression import RegressionTask
 from astrobatch.train import file_digest, fingerprint, fit
 

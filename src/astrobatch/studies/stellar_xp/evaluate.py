@@ -38,7 +38,7 @@ from astrobatch.data.tables import TableArrayDataset, TableDataModule
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import MAD_TO_SIGMA
 from astrobatch.io.atomic import atomic_path, write_json
-from astrobatch.params import StellarXPParams
+from astrobatch.studies.stellar_xp.params import StellarXPParams
 from astrobatch.studies.stellar_xp.train import (
     build_finetune_task,
     build_model,

@@ -57,7 +57,7 @@ from astrobatch.io.atomic import atomic_dir, write_json
 from astrobatch.io.fits_tables import fits_table_info, iter_fits_blocks
 from astrobatch.io.gaia_xp import read_gaia_xp
 from astrobatch.io.table_shards import TableShardWriter
-from astrobatch.params import SplitParams, StellarXPParams
+from astrobatch.params import SplitParams
 from astrobatch.studies.stellar_xp.columns import (
     ALL_LABELS,
     LABEL_UNITS,
@@ -71,6 +71,7 @@ from astrobatch.studies.stellar_xp.columns import (
     recon_cols,
     xp_indices,
 )
+from astrobatch.studies.stellar_xp.params import StellarXPParams
 
 log = logging.getLogger(__name__)
 FINETUNE_SPLITS = ("train", "val", "test")

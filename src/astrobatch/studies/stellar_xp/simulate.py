@@ -43,7 +43,6 @@ import numpy as np
 
 from astrobatch.io.compound_h5 import CompoundH5Writer
 from astrobatch.io.fits_tables import write_fits_table
-from astrobatch.params import StellarXPSimulate
 from astrobatch.studies.stellar_xp import physics as P
 from astrobatch.studies.stellar_xp.columns import (
     BP_COLS,
@@ -56,6 +55,7 @@ from astrobatch.studies.stellar_xp.columns import (
     error_column,
     feature_names,
 )
+from astrobatch.studies.stellar_xp.params import StellarXPSimulate
 
 #: First simulated source_id (Gaia DR3 ids are below 6.92e18).
 SIM_ID_BASE = 7_000_000_000_000_000_000

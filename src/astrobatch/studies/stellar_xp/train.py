@@ -20,8 +20,8 @@ from astrobatch.data.tables import TableDataModule
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import read_manifest
 from astrobatch.nn.autoencoder import MaskedAutoencoder, QuantileHead, build_autoencoder
-from astrobatch.params import StellarXPParams
 from astrobatch.studies.stellar_xp.columns import indices
+from astrobatch.studies.stellar_xp.params import StellarXPParams
 from astrobatch.tasks.masked import MaskedReconstructionTask
 from astrobatch.tasks.quantile import QuantileFinetuneTask, load_pretrained_encoder
 from astrobatch.train import file_digest, fingerprint, fit
