@@ -1,16 +1,18 @@
-"""The ``astrobatch`` command: one sub-app per study, plus common commands.
+"""The ``astrobatch`` command: one sub-app per registered study, plus common commands.
 
-Run ``astrobatch --help``; every DVC stage is ``astrobatch <study> <stage>``.
+Studies are mounted from the registry :data:`astrobatch.studies.STUDIES` (each study's
+``stages.study.app``, see :mod:`astrobatch.study`). Run ``astrobatch --help``; every DVC
+stage is ``astrobatch <study> <stage>``.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
 from astrobatch.slurm import app as slurm_app
-from astrobatch.studies.cluster_age.stages import app as cluster_age_app
-from astrobatch.studies.star_sets.stages import app as star_sets_app
-from astrobatch.studies.stellar_xp.stages import app as stellar_xp_app
+from astrobatch.studies import STUDIES
 
 app = typer.Typer(
     name="astrobatch",
@@ -19,9 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(star_sets_app, name="star-sets")
-app.add_typer(cluster_age_app, name="cluster-age")
-app.add_typer(stellar_xp_app, name="stellar-xp")
+for _entry in STUDIES.values():
+    _study = importlib.import_module(f"{_entry.package}.stages").study
+    app.add_typer(_study.app, name=_study.cli_name)
 app.add_typer(slurm_app, name="slurm")
 
 

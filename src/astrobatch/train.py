@@ -22,6 +22,7 @@ import os
 import pickle
 import shutil
 import signal
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,11 @@ from astrobatch.progress import interactive
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
 HPC_GLOB = "hpc_ckpt_*.ckpt"
+#: Training params that do not change a run's result, left out of its fingerprint: the
+#: resume mode itself and the number of loader processes (draws depend only on (seed,
+#: epoch, index), never on the worker that makes them). Everything else — batch size,
+#: learning rate, epochs, precision, devices, strategy — is part of the run.
+RUN_INVARIANT: frozenset[str] = frozenset({"resume", "num_workers"})
 
 
 def fingerprint(*parts: Any) -> str:
@@ -208,6 +214,78 @@ def fit(
             p.unlink()
         write_json(model_dir / STATE_FILE, state)
     return state
+
+
+def run_fingerprint(
+    config: Any, training: TrainingParams, seed: int, inputs: Iterable[str | Path] = ()
+) -> str:
+    """The fingerprint of a training run: what decides whether ``last.ckpt`` may be resumed.
+
+    Parameters
+    ----------
+    config : dict or list
+        The params that shape the model and its data (model, sampling, mask, ...), as
+        plain values (``model_dump()``).
+    training : TrainingParams
+        Its fields, except :data:`RUN_INVARIANT`, are part of the run.
+    seed : int
+    inputs : iterable of path
+        Small files whose bytes identify the prepared data or a parent model (manifests,
+        scalers, a pretrained checkpoint).
+
+    Returns
+    -------
+    str
+        Hex SHA-256.
+    """
+    files = [Path(p) for p in inputs]
+    return fingerprint(
+        config, training.model_dump(exclude=set(RUN_INVARIANT)), seed,
+        file_digest(*files) if files else None,
+    )  # fmt: skip
+
+
+def train_model(
+    build_task: Callable[[], L.LightningModule],
+    datamodule: L.LightningDataModule,
+    training: TrainingParams,
+    model_dir: str | Path,
+    live_dir: str | Path,
+    *,
+    seed: int,
+    config: Any,
+    inputs: Iterable[str | Path] = (),
+    callbacks: list[Callback] | None = None,
+) -> dict:
+    """The one train driver of every study: seed, build, fingerprint, :func:`fit`.
+
+    Parameters
+    ----------
+    build_task : callable
+        Returns the LightningModule; called right after ``lightning.seed_everything(seed)``
+        so that the initial weights depend on the seed only.
+    datamodule : lightning.LightningDataModule
+    training : TrainingParams
+    model_dir, live_dir : str or pathlib.Path
+        Checkpoints and DVCLive curves (see :func:`fit`).
+    seed : int
+        The run's seed (weights, draws).
+    config : dict or list
+        Params that define the run besides ``training`` and ``seed`` (see
+        :func:`run_fingerprint`).
+    inputs : iterable of path
+        Files that identify the run's inputs (see :func:`run_fingerprint`).
+    callbacks : list of Callback, optional
+
+    Returns
+    -------
+    dict
+        The final training state (see :func:`fit`).
+    """
+    L.seed_everything(seed, workers=True, verbose=False)  # seeds the initial weights
+    task = build_task()
+    fp = run_fingerprint(config, training, seed, inputs)
+    return fit(task, datamodule, training, model_dir, live_dir, fp, seed, callbacks)
 
 
 def load_model_weights(

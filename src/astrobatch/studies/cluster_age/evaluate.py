@@ -29,7 +29,6 @@ import pandas as pd
 from astrobatch.data.images import CutoutDataModule, keep_mask
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import age_metrics
-from astrobatch.io.atomic import atomic_path, write_json
 from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.studies.cluster_age.train import (
     SPLITS,
@@ -41,6 +40,7 @@ from astrobatch.studies.cluster_age.train import (
     read_manifest,
     unscale_target,
 )
+from astrobatch.study import write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 
@@ -171,11 +171,11 @@ def evaluate(
     metrics["test/mdae_log_age_over_mean_baseline"] = metrics["test/mdae_log_age"] / base
     metrics["n_train"] = int(manifest["counts"]["train"])
     metrics["photometric_source_is_catalogue"] = int(phot_source == "catalogue")
-    write_json(metrics_path, metrics)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(reports_dir / "predictions.parquet") as tmp:
-        pd.concat(rows, ignore_index=True).to_parquet(tmp, index=False)
     _plots(params, prepared_dir, live_dir, plots_dir, preds, datasets, transform)
+    write_evaluation(
+        metrics, metrics_path, reports_dir,
+        {"predictions.parquet": pd.concat(rows, ignore_index=True)},
+    )  # fmt: skip
     return metrics
 
 

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import h5py
-import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
@@ -30,7 +29,7 @@ from astrobatch.io.atomic import read_manifest, write_json
 from astrobatch.nn.cnn import AgeCNN
 from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.tasks.regression import RegressionTask
-from astrobatch.train import file_digest, fingerprint, fit
+from astrobatch.train import train_model
 
 SPLITS = ("train", "val", "test")
 NORM_FILE = "normalisation.json"
@@ -164,17 +163,16 @@ def train(
     datasets = make_datasets(params, prepared_dir, transform, for_training=True)
     t = params.training
     dm = CutoutDataModule(datasets, t.batch_size, params.seed, t.num_workers)
-    L.seed_everything(params.seed, workers=True, verbose=False)  # seeds the initial weights
-    model = build_model(params, prepared_dir)
-    task = RegressionTask(model, t.lr, t.weight_decay, t.huber_delta, t.max_epochs, loss=t.loss)
-    fp = fingerprint(
-        params.mask.model_dump(),
-        params.model.model_dump(),
-        t.model_dump(exclude={"resume", "num_workers"}),
-        params.seed,
-        file_digest(prepared_dir / "manifest.json"),
-    )
-    state = fit(task, dm, t, model_dir, live_dir, fp, params.seed, callbacks)
+
+    def build_task() -> RegressionTask:
+        model = build_model(params, prepared_dir)
+        return RegressionTask(model, t.lr, t.weight_decay, t.huber_delta, t.max_epochs, loss=t.loss)
+
+    state = train_model(
+        build_task, dm, t, model_dir, live_dir, seed=params.seed,
+        config=[params.mask.model_dump(), params.model.model_dump()],
+        inputs=[prepared_dir / "manifest.json"], callbacks=callbacks,
+    )  # fmt: skip
     write_json(
         Path(model_dir) / NORM_FILE,
         {

@@ -28,9 +28,9 @@ from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, load_scaler
 from astrobatch.data.sets import SetDataModule, padded_sample
 from astrobatch.evaluate import metrics as M
 from astrobatch.evaluate import plots
-from astrobatch.io.atomic import atomic_path, write_json
 from astrobatch.nn.sets import build_set_model
 from astrobatch.studies.star_sets.params import StarSetsParams
+from astrobatch.study import write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 
@@ -220,11 +220,6 @@ def evaluate(
     real_metrics, real_table = predict_real(params, model, fscaler, tscaler)
     metrics.update(real_metrics)
 
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(reports_dir / "predictions.parquet") as tmp:
-        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
-    with atomic_path(reports_dir / "real_snapshots.csv") as tmp:
-        real_table.to_csv(tmp, index=False)
     pred_log, true_log, base, true_set, mean, std = test_pack
     label = f"log10 {q} [{UNITS.get(q, '')}]" if tscaler.log10 else f"{q} [{UNITS.get(q, '')}]"
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -239,5 +234,9 @@ def evaluate(
     curves = plots.read_dvclive_curves(Path(live_dir))
     if curves:
         plots.loss_curves(curves, plots_dir / "loss_curves.png")
-    write_json(metrics_path, metrics)
+    write_evaluation(
+        metrics, metrics_path, reports_dir,
+        {"predictions.parquet": pd.concat(frames, ignore_index=True),
+         "real_snapshots.csv": real_table},
+    )  # fmt: skip
     return metrics

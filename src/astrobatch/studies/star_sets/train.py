@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from astrobatch.data.sets import SetDataModule
@@ -12,7 +11,7 @@ from astrobatch.errors import InputError
 from astrobatch.nn.sets import build_set_model
 from astrobatch.studies.star_sets.params import StarSetsParams
 from astrobatch.tasks.regression import RegressionTask
-from astrobatch.train import file_digest, fingerprint, fit
+from astrobatch.train import train_model
 
 
 def train(
@@ -52,16 +51,16 @@ def train(
         prepared_dir, params.sampling, params.training.batch_size, params.seed,
         params.training.num_workers,
     )  # fmt: skip
-    train_ds = dm.dataset("train")
-    L.seed_everything(params.seed, workers=True, verbose=False)  # seeds the initial weights
-    model = build_set_model(params.model, in_features=train_ds.n_features)
+    n_features = dm.dataset("train").n_features
     t = params.training
-    task = RegressionTask(model, t.lr, t.weight_decay, t.huber_delta, t.max_epochs)
-    fp = fingerprint(
-        params.model.model_dump(),
-        params.sampling.model_dump(),
-        t.model_dump(exclude={"resume", "num_workers"}),
-        params.seed,
-        file_digest(prepared_dir / "manifest.json", prepared_dir / "scalers.json"),
-    )
-    return fit(task, dm, t, model_dir, live_dir, fp, params.seed, callbacks)
+
+    def build_task() -> RegressionTask:
+        model = build_set_model(params.model, in_features=n_features)
+        return RegressionTask(model, t.lr, t.weight_decay, t.huber_delta, t.max_epochs)
+
+    return train_model(
+        build_task, dm, t, model_dir, live_dir, seed=params.seed,
+        config=[params.model.model_dump(), params.sampling.model_dump()],
+        inputs=[prepared_dir / "manifest.json", prepared_dir / "scalers.json"],
+        callbacks=callbacks,
+    )  # fmt: skip

@@ -37,7 +37,6 @@ from astrobatch.data.scalers import load_table_scalers
 from astrobatch.data.tables import TableArrayDataset, TableDataModule
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import MAD_TO_SIGMA
-from astrobatch.io.atomic import atomic_path, write_json
 from astrobatch.studies.stellar_xp.params import StellarXPParams
 from astrobatch.studies.stellar_xp.train import (
     build_finetune_task,
@@ -45,6 +44,7 @@ from astrobatch.studies.stellar_xp.train import (
     build_pretrain_task,
     read_manifest,
 )
+from astrobatch.study import write_evaluation
 from astrobatch.tasks.masked import reconstruction_error
 from astrobatch.train import load_model_weights
 
@@ -256,15 +256,13 @@ def evaluate(
         r = reconstruction_error(ptask, pdm.loader(split), seed=params.seed, xp_masking_ratio=1.0)
         metrics[f"recon/{name}/xp_block_mae"] = float(r["mae"])
         recon_examples[name] = _recon_examples(ptask, pdm.dataset(split), manifest)
-    write_json(metrics_path, metrics)
-
-    reports_dir.mkdir(parents=True, exist_ok=True)
     table = pd.concat({k: v for k, v in frames.items()}, names=["label", "row"]).reset_index()
-    with atomic_path(reports_dir / "predictions.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    with atomic_path(reports_dir / "residual_bins.csv") as tmp:
-        pd.concat(bins, ignore_index=True).to_csv(tmp, index=False)
-    _plots(plots_dir, frames, pd.concat(bins, ignore_index=True), recon_examples, manifest)
+    bins_table = pd.concat(bins, ignore_index=True)
+    _plots(plots_dir, frames, bins_table, recon_examples, manifest)
+    write_evaluation(
+        metrics, metrics_path, reports_dir,
+        {"predictions.parquet": table, "residual_bins.csv": bins_table},
+    )  # fmt: skip
     return metrics
 
 

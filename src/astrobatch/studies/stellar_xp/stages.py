@@ -1,4 +1,4 @@
-"""The ``astrobatch stellar-xp`` sub-app: one command per DVC stage."""
+"""The ``astrobatch stellar-xp`` sub-app: one command per DVC stage (made by the study kit)."""
 
 from __future__ import annotations
 
@@ -8,45 +8,29 @@ from typing import Annotated
 
 import typer
 
-from astrobatch.cli_utils import ParamsOption, stage
-from astrobatch.params import load_params
+from astrobatch.study import Study, print_summary
 
 log = logging.getLogger(__name__)
-SECTION = "stellar_xp"
-app = typer.Typer(
-    name="stellar-xp",
+study = Study(
+    "stellar_xp",
     help="Stellar labels with uncertainties from Gaia XP spectra: masked autoencoder "
     "pretraining, 16/50/84 quantile fine-tuning, leakage-free parallax.",
-    no_args_is_help=True,
 )
-
-RAW = Path("data/raw/stellar_xp")
-PREPARED = Path("data/prepared/stellar_xp")
-PRETRAINED = Path("models/stellar_xp/pretrain")
-FINETUNED = Path("models/stellar_xp/finetune")
+app = study.app
+PRETRAINED = study.paths.models / "pretrain"
+FINETUNED = study.paths.models / "finetune"
 
 
-def _resume(p, section: str, resume: bool | None):
-    if resume is None:
-        return p
-    sub = getattr(p, section)
-    training = sub.training.model_copy(update={"resume": "auto" if resume else "never"})
-    return p.model_copy(update={section: sub.model_copy(update={"training": training})})
-
-
-ResumeOption = Annotated[
-    bool | None,
-    typer.Option("--resume/--no-resume", help="Continue an interrupted identical run."),
-]
-
-
-@stage(app, "simulate")
+@study.stage("simulate")
 def simulate_cmd(
-    params: ParamsOption = Path("params.yaml"),
-    pretrain_out: Annotated[Path, typer.Option(help="Pretraining HDF5 to write.")] = RAW
-    / "pretrain.h5",
-    finetune_out: Annotated[Path, typer.Option(help="Fine-tuning FITS table to write.")] = RAW
-    / "finetune.fits",
+    p,
+    pretrain_out: Annotated[
+        Path | None, typer.Option(help="Pretraining HDF5 to write (default: data.pretrain_path).")
+    ] = None,
+    finetune_out: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tuning FITS table to write (default: data.finetune_path)."),
+    ] = None,
 ) -> None:
     """Simulate stars in the real layouts (the embedded default data set).
 
@@ -60,17 +44,16 @@ def simulate_cmd(
     from astrobatch.progress import progress
     from astrobatch.studies.stellar_xp.simulate import simulate_to_files
 
-    p = load_params(SECTION, params).simulate
-    with progress("simulate stars", p.n_pretrain + p.n_finetune) as update:
-        summary = simulate_to_files(p, pretrain_out, finetune_out, progress=update)
+    pretrain_out = pretrain_out or Path(p.data.pretrain_path)
+    finetune_out = finetune_out or Path(p.data.finetune_path)
+    s = p.simulate
+    with progress("simulate stars", s.n_pretrain + s.n_finetune) as update:
+        summary = simulate_to_files(s, pretrain_out, finetune_out, progress=update)
     log.info("wrote %s and %s (%s)", pretrain_out, finetune_out, summary)
 
 
-@stage(app, "prepare")
-def prepare_cmd(
-    params: ParamsOption = Path("params.yaml"),
-    out: Annotated[Path, typer.Option(help="Output folder of shards.")] = PREPARED,
-) -> None:
+@study.stage("prepare", out="prepared")
+def prepare_cmd(p, out) -> None:
     """Read, scale, split and shard pretraining and fine-tuning inputs.
 
     Reads stellar_xp.data from PARAMS: the pretraining HDF5 and/or the real Gaia
@@ -82,22 +65,17 @@ def prepare_cmd(
     from astrobatch.progress import progress
     from astrobatch.studies.stellar_xp.prepare import prepare
 
-    p = load_params(SECTION, params)
     with progress("prepare shards", 1) as update:
         manifest = prepare(p, out, update)
     log.info("rows per shard %s -> %s", manifest["counts"], out)
 
 
-@stage(app, "pretrain")
-def pretrain_cmd(
-    params: ParamsOption = Path("params.yaml"),
-    prepared: Annotated[Path, typer.Option(help="Folder of prepared shards.")] = PREPARED,
-    out: Annotated[Path, typer.Option(help="Checkpoint folder.")] = PRETRAINED,
-    live: Annotated[Path, typer.Option(help="DVCLive folder.")] = Path(
-        "dvclive/stellar_xp/pretrain"
-    ),
-    resume: ResumeOption = None,
-) -> None:
+@study.stage(
+    "pretrain", out="models", out_default=PRETRAINED,
+    inputs={"prepared": None, "live": study.paths.live / "pretrain"},
+    resume="pretrain.training",
+)  # fmt: skip
+def pretrain_cmd(p, out, prepared, live) -> dict:
     """Pretrain the masked autoencoder (masked reconstruction of the features).
 
     The XP block of xp_masking_ratio of the rows and other columns element-wise
@@ -105,22 +83,15 @@ def pretrain_cmd(
     """
     from astrobatch.studies.stellar_xp.train import pretrain
 
-    p = _resume(load_params(SECTION, params), "pretrain", resume)
-    state = pretrain(p, prepared, out, live)
-    log.info("best val/loss %s after %d epochs", state["best_val_loss"], state["epochs_trained"])
+    return pretrain(p, prepared, out, live)
 
 
-@stage(app, "finetune")
-def finetune_cmd(
-    params: ParamsOption = Path("params.yaml"),
-    prepared: Annotated[Path, typer.Option(help="Folder of prepared shards.")] = PREPARED,
-    pretrained: Annotated[Path, typer.Option(help="Pretrain checkpoint folder.")] = PRETRAINED,
-    out: Annotated[Path, typer.Option(help="Checkpoint folder.")] = FINETUNED,
-    live: Annotated[Path, typer.Option(help="DVCLive folder.")] = Path(
-        "dvclive/stellar_xp/finetune"
-    ),
-    resume: ResumeOption = None,
-) -> None:
+@study.stage(
+    "finetune", out="models", out_default=FINETUNED,
+    inputs={"prepared": None, "pretrained": PRETRAINED, "live": study.paths.live / "finetune"},
+    resume="finetune.training",
+)  # fmt: skip
+def finetune_cmd(p, out, prepared, pretrained, live) -> dict:
     """Fine-tune the encoder and the ordered 16/50/84 quantile head (pinball loss).
 
     Separate encoder/head learning rates; two-pass leakage-free parallax
@@ -129,23 +100,15 @@ def finetune_cmd(
     """
     from astrobatch.studies.stellar_xp.train import finetune
 
-    p = _resume(load_params(SECTION, params), "finetune", resume)
-    state = finetune(p, prepared, pretrained, out, live)
-    log.info("best val/loss %s after %d epochs", state["best_val_loss"], state["epochs_trained"])
+    return finetune(p, prepared, pretrained, out, live)
 
 
-@stage(app, "evaluate")
-def evaluate_cmd(
-    params: ParamsOption = Path("params.yaml"),
-    prepared: Annotated[Path, typer.Option(help="Folder of prepared shards.")] = PREPARED,
-    pretrained: Annotated[Path, typer.Option(help="Pretrain checkpoint folder.")] = PRETRAINED,
-    models: Annotated[Path, typer.Option(help="Fine-tune checkpoint folder.")] = FINETUNED,
-    metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")] = Path(
-        "metrics/stellar_xp.json"
-    ),
-    plots: Annotated[Path, typer.Option(help="Folder of PNG plots.")] = Path("plots/stellar_xp"),
-    reports: Annotated[Path, typer.Option(help="Folder of tables.")] = Path("reports/stellar_xp"),
-) -> None:
+@study.stage(
+    "evaluate",
+    inputs={"prepared": None, "pretrained": PRETRAINED, "models": FINETUNED, "metrics": None,
+            "plots": None, "reports": None},
+)  # fmt: skip
+def evaluate_cmd(p, prepared, pretrained, models, metrics, plots, reports) -> None:
     """Evaluate labels, quantile calibration, baselines and masked-XP reconstruction.
 
     Writes METRICS (per label R2, RMSE, MAE, robust bias and scatter, coverage of
@@ -154,23 +117,17 @@ def evaluate_cmd(
     (predictions.parquet, residual_bins.csv) and PLOTS (pred_vs_true,
     residual_trends, calibration, reconstruction_examples).
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from astrobatch.studies.stellar_xp.evaluate import evaluate
 
-    p = load_params(SECTION, params)
     m = evaluate(p, prepared, pretrained, models, metrics, plots, reports)
-    table = Table(title="stellar_xp: test")
-    for c in ("label", "RMSE", "median baseline", "HGB", "scatter", "coverage 68"):
-        table.add_column(c, justify="right")
-    for lab in p.data.labels:
-        table.add_row(
-            lab, f"{m[f'test/{lab}/rmse']:.4g}", f"{m[f'baseline/median/test/{lab}/rmse']:.4g}",
-            f"{m[f'baseline/hgb/test/{lab}/rmse']:.4g}", f"{m[f'test/{lab}/scatter']:.4g}",
-            f"{m[f'test/{lab}/coverage_68']:.3f}",
-        )  # fmt: skip
-    Console(stderr=True).print(table)
+    rows = [
+        (lab, m[f"test/{lab}/rmse"], m[f"baseline/median/test/{lab}/rmse"],
+         m[f"baseline/hgb/test/{lab}/rmse"], m[f"test/{lab}/scatter"],
+         f"{m[f'test/{lab}/coverage_68']:.3f}")
+        for lab in p.data.labels
+    ]  # fmt: skip
+    columns = ("label", "RMSE", "median baseline", "HGB", "scatter", "coverage 68")
+    print_summary("stellar_xp: test", rows, columns)
     for k in sorted(m):
         if k.startswith("recon/"):
             log.info("%s = %.4g", k, m[k])

@@ -24,11 +24,11 @@ from astrobatch.studies.stellar_xp.columns import indices
 from astrobatch.studies.stellar_xp.params import StellarXPParams
 from astrobatch.tasks.masked import MaskedReconstructionTask
 from astrobatch.tasks.quantile import QuantileFinetuneTask, load_pretrained_encoder
-from astrobatch.train import file_digest, fingerprint, fit
+from astrobatch.train import train_model
 
 
-def _digest(prepared_dir: Path) -> str:
-    return file_digest(prepared_dir / "manifest.json", prepared_dir / "scalers.json")
+def _inputs(prepared_dir: Path) -> list[Path]:
+    return [prepared_dir / "manifest.json", prepared_dir / "scalers.json"]
 
 
 def build_model(params: StellarXPParams, manifest: dict) -> MaskedAutoencoder:
@@ -65,14 +65,12 @@ def build_pretrain_task(params: StellarXPParams, manifest: dict) -> MaskedRecons
     )  # fmt: skip
 
 
-def pretrain_fingerprint(params: StellarXPParams, prepared_dir: Path) -> str:
-    """Everything that determines the pretrained weights."""
-    t = params.pretrain.training
-    return fingerprint(
+def pretrain_config(params: StellarXPParams) -> list[dict]:
+    """The params besides training and seed that determine the pretrained weights."""
+    return [
         params.model.model_dump(), params.masking.model_dump(),
         params.pretrain.model_dump(exclude={"training"}),
-        t.model_dump(exclude={"resume", "num_workers"}), params.seed, _digest(prepared_dir),
-    )  # fmt: skip
+    ]  # fmt: skip
 
 
 def pretrain(
@@ -108,10 +106,10 @@ def pretrain(
     manifest = read_manifest(prepared_dir)
     t = params.pretrain.training
     dm = TableDataModule(prepared_dir, "pretrain", t.batch_size, params.seed, t.num_workers)
-    task = build_pretrain_task(params, manifest)
-    return fit(
-        task, dm, t, model_dir, live_dir, pretrain_fingerprint(params, prepared_dir),
-        params.seed, callbacks,
+    return train_model(
+        lambda: build_pretrain_task(params, manifest), dm, t, model_dir, live_dir,
+        seed=params.seed, config=pretrain_config(params),
+        inputs=_inputs(prepared_dir), callbacks=callbacks,
     )  # fmt: skip
 
 
@@ -179,13 +177,11 @@ def finetune(
     manifest = read_manifest(prepared_dir)
     ckpt = pretrained_dir / "best.ckpt"
     model = load_pretrained_encoder(build_model(params, manifest), ckpt)
-    task = build_finetune_task(params, manifest, prepared_dir, model)
     t = params.finetune.training
     dm = TableDataModule(prepared_dir, "finetune", t.batch_size, params.seed, t.num_workers)
-    fp = fingerprint(
-        params.finetune.model_dump(exclude={"training"}),
-        t.model_dump(exclude={"resume", "num_workers"}),
-        params.masking.model_dump(), params.seed, _digest(prepared_dir),
-        file_digest(ckpt),
+    return train_model(
+        lambda: build_finetune_task(params, manifest, prepared_dir, model), dm, t,
+        model_dir, live_dir, seed=params.seed,
+        config=[params.finetune.model_dump(exclude={"training"}), params.masking.model_dump()],
+        inputs=[*_inputs(prepared_dir), ckpt], callbacks=callbacks,
     )  # fmt: skip
-    return fit(task, dm, t, model_dir, live_dir, fp, params.seed, callbacks)

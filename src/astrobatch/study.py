@@ -1,0 +1,326 @@
+"""The study kit: the spine every study shares, so that a study is only its science.
+
+A study is a package ``astrobatch.studies.<name>`` registered in
+:data:`astrobatch.studies.STUDIES`; its ``stages.py`` makes one :class:`Study` and declares
+its DVC stages on it::
+
+    study = Study("star_sets", help="Star-cluster mass from sets of member stars.")
+
+    @study.stage("train", out="models", inputs=("prepared", "live"), resume="training")
+    def train_cmd(p, prepared, out, live):
+        \"\"\"Train the set model (this docstring is the command's --help).\"\"\"
+        return train(p, prepared, out, live)
+
+The kit gives every study:
+
+- **paths from its name** (:class:`StudyPaths`): ``data/raw/<name>``, ``data/prepared/<name>``,
+  ``models/<name>``, ``dvclive/<name>``, ``metrics/<name>.json``, ``plots/<name>``,
+  ``reports/<name>`` — the same conventions as the ``vars`` of ``dvc.yaml``;
+- **the Typer sub-app** (:attr:`Study.app`, mounted by ``astrobatch.cli`` from the registry as
+  ``astrobatch <name-with-dashes>``) and **its commands** (:meth:`Study.stage`): the common
+  options ``--params/-p``, ``--out`` and the input folders (``--prepared``, ``--models``,
+  ``--live``, ``--metrics``, ``--plots``, ``--reports``, ``--pretrained``) with defaults from
+  the study's paths, ``--resume/--no-resume`` for training stages, the project's error handling
+  (bad input: one line naming file, key and expectation, exit status 2; Ctrl-C: exit 130) and the
+  closing log line (a training stage's best ``val/loss`` and epochs);
+- **one train driver**: :func:`astrobatch.train.train_model` (seed, run fingerprint with one
+  central list of what does not change a run, :data:`astrobatch.train.RUN_INVARIANT`, Lightning
+  ``fit``, resume);
+- **one evaluate writer**: :func:`write_evaluation` (tables such as ``predictions.parquet``
+  atomically, then the flat metrics JSON that ``dvc exp show`` reads) and
+  :func:`print_summary` (the rich summary table on standard error).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from astrobatch.cli_utils import ParamsOption, stage
+from astrobatch.params import DEFAULT_PARAMS, load_params
+
+log = logging.getLogger("astrobatch.study")
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Where a study's DVC inputs and outputs live, derived from its name.
+
+    Attributes
+    ----------
+    raw, prepared, models, live, plots, reports : pathlib.Path
+        ``data/raw/<name>``, ``data/prepared/<name>``, ``models/<name>``,
+        ``dvclive/<name>``, ``plots/<name>``, ``reports/<name>`` (folders).
+    metrics : pathlib.Path
+        ``metrics/<name>.json`` (flat metrics of the study's evaluate stage).
+
+    Examples
+    --------
+    >>> StudyPaths.for_study("star_sets").models.as_posix()
+    'models/star_sets'
+    """
+
+    raw: Path
+    prepared: Path
+    models: Path
+    live: Path
+    metrics: Path
+    plots: Path
+    reports: Path
+
+    @classmethod
+    def for_study(cls, name: str, root: str | Path = ".") -> StudyPaths:
+        """The conventional paths of study ``name`` below ``root`` (default: relative)."""
+        r = Path(root)
+        return cls(
+            raw=r / "data" / "raw" / name,
+            prepared=r / "data" / "prepared" / name,
+            models=r / "models" / name,
+            live=r / "dvclive" / name,
+            metrics=r / "metrics" / f"{name}.json",
+            plots=r / "plots" / name,
+            reports=r / "reports" / name,
+        )
+
+
+#: Help text of the kit's folder options (``--<name>``).
+FOLDER_HELP: dict[str, str] = {
+    "raw": "Raw input file to write.",
+    "prepared": "Folder of prepared shards.",
+    "models": "Checkpoint folder (best.ckpt).",
+    "live": "DVCLive folder (training curves).",
+    "metrics": "Metrics JSON to write.",
+    "plots": "Folder of PNG plots.",
+    "reports": "Folder of tables (predictions).",
+    "pretrained": "Checkpoint folder of the pretrained model (best.ckpt).",
+}
+_KIND_OF_OUT_HELP = {
+    "raw": "Raw file to write.",
+    "prepared": "Output folder of shards.",
+    "models": "Checkpoint folder.",
+}
+
+
+def _with_resume(p: Any, attr: str, resume: bool | None) -> Any:
+    """``p`` with ``<attr>.resume`` set from ``--resume/--no-resume`` (``attr`` dotted)."""
+    if resume is None:
+        return p
+    head, _, rest = attr.partition(".")
+    sub = getattr(p, head)
+    if rest:
+        new = _with_resume(sub, rest, resume)
+    else:
+        new = sub.model_copy(update={"resume": "auto" if resume else "never"})
+    return p.model_copy(update={head: new})
+
+
+class Study:
+    """One study's spine: its name, paths, params section and Typer sub-app.
+
+    Parameters
+    ----------
+    name : str
+        The study's name: its ``params.yaml`` section, its folder under ``studies/`` and
+        its registry key (:data:`astrobatch.studies.STUDIES`). The CLI name replaces
+        underscores by dashes.
+    help : str
+        One-line description shown by ``astrobatch --help``.
+
+    Attributes
+    ----------
+    paths : StudyPaths
+    app : typer.Typer
+        The sub-app; every :meth:`stage` adds a command to it.
+    """
+
+    def __init__(self, name: str, help: str) -> None:
+        self.name = name
+        self.cli_name = name.replace("_", "-")
+        self.paths = StudyPaths.for_study(name)
+        self.app = typer.Typer(name=self.cli_name, help=help, no_args_is_help=True)
+
+    def load(self, path: str | Path = DEFAULT_PARAMS, resume: bool | None = None,
+             resume_attr: str = "training") -> Any:  # fmt: skip
+        """The validated params section of this study, with a ``--resume`` override applied.
+
+        Raises
+        ------
+        astrobatch.errors.ParamsError
+            Missing or invalid params file or section.
+        """
+        return _with_resume(load_params(self.name, path), resume_attr, resume)
+
+    def stage(
+        self,
+        name: str,
+        *,
+        out: str | None = None,
+        out_help: str | None = None,
+        out_default: str | Path | None = None,
+        inputs: Iterable[str] | Mapping[str, Path] = (),
+        resume: str | None = None,
+    ) -> Callable:
+        """Register a function as command ``astrobatch <study> <name>``.
+
+        Parameters
+        ----------
+        name : str
+            The command (and DVC stage suffix), e.g. ``"train"``.
+        out : str, optional
+            Kind of the stage's main output, given as ``--out``: ``"raw"`` (default: None,
+            the function reads its raw path from params), ``"prepared"`` or ``"models"``
+            (default: the study's folder of that kind).
+        out_help : str, optional
+            Help of ``--out`` (default: by kind).
+        out_default : str or pathlib.Path, optional
+            Default of ``--out`` other than the study's folder of that kind.
+        inputs : iterable of str, or mapping of str to Path
+            Further folder options, among :data:`FOLDER_HELP` (``prepared``, ``models``,
+            ``live``, ``metrics``, ``plots``, ``reports``, ``pretrained``); a mapping gives
+            defaults other than the study's paths (e.g. ``models/stellar_xp/pretrain``).
+        resume : str, optional
+            Dotted attribute of the params whose ``resume`` field ``--resume/--no-resume``
+            overrides (``"training"``, ``"pretrain.training"``); None: no such option.
+
+        Notes
+        -----
+        The decorated function is called as ``f(p, **folders, **extra)``: ``p`` the
+        validated params section, ``folders`` the folder options by name (``out`` included),
+        ``extra`` any further Typer options the function declares after ``p``. Its
+        docstring is the command's ``--help``. A returned dict with ``best_val_loss`` (a
+        training state) is logged as one line.
+        """
+        defaults = dict(inputs) if isinstance(inputs, Mapping) else dict.fromkeys(inputs)
+        folders: dict[str, tuple[Path | None, str]] = {}
+        if out is not None:
+            default = None if out == "raw" else Path(out_default or getattr(self.paths, out))
+            folders["out"] = (default, out_help or _KIND_OF_OUT_HELP[out])
+        for key, default in defaults.items():
+            if key not in FOLDER_HELP:
+                raise ValueError(f"unknown folder option {key!r}; known: {sorted(FOLDER_HELP)}")
+            path = default if default is not None else getattr(self.paths, key, None)
+            folders[key] = (Path(path) if path is not None else None, FOLDER_HELP[key])
+
+        def deco(f: Callable) -> Callable:
+            own = list(inspect.signature(f, eval_str=True).parameters.values())[1:]
+            extra = [q for q in own if q.name not in folders]
+            sig_params = [
+                inspect.Parameter("params", inspect.Parameter.KEYWORD_ONLY,
+                                  default=DEFAULT_PARAMS, annotation=ParamsOption),
+            ]  # fmt: skip
+            for key, (default, text) in folders.items():
+                ann = Annotated[Path | None if default is None else Path, typer.Option(help=text)]
+                sig_params.append(
+                    inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                      annotation=ann)
+                )  # fmt: skip
+            if resume is not None:
+                ann = Annotated[
+                    bool | None,
+                    typer.Option("--resume/--no-resume",
+                                 help="Continue an interrupted identical run from last.ckpt "
+                                 "(default: the params' resume, 'auto')."),
+                ]  # fmt: skip
+                sig_params.append(
+                    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                      annotation=ann)
+                )  # fmt: skip
+            sig_params += [q.replace(kind=inspect.Parameter.KEYWORD_ONLY) for q in extra]
+
+            def command(**kwargs: Any) -> Any:
+                flag = kwargs.pop("resume", None)
+                p = self.load(kwargs.pop("params"), flag, resume or "training")
+                result = f(p, **kwargs)
+                if isinstance(result, dict) and "best_val_loss" in result:
+                    log.info("%s %s: best val/loss %s after %d epochs", self.name, name,
+                             result["best_val_loss"], result["epochs_trained"])  # fmt: skip
+                return result
+
+            command.__name__ = f.__name__
+            command.__doc__ = f.__doc__
+            command.__module__ = f.__module__
+            command.__signature__ = inspect.Signature(sig_params)  # type: ignore[attr-defined]
+            command.__annotations__ = {q.name: q.annotation for q in sig_params}
+            stage(self.app, name)(command)
+            return f
+
+        return deco
+
+
+def write_evaluation(
+    metrics: Mapping[str, float],
+    metrics_path: str | Path,
+    reports_dir: str | Path | None = None,
+    tables: Mapping[str, Any] | None = None,
+) -> None:
+    """Write an evaluation: its tables, then its flat metrics JSON (the last file written).
+
+    Parameters
+    ----------
+    metrics : mapping of str to float
+        Flat metrics with stable names (``test/mae``, ``baseline/median/test/mae``).
+    metrics_path : str or pathlib.Path
+        The study's metrics JSON (``metrics/<study>.json``), read by ``dvc exp show``.
+    reports_dir : str or pathlib.Path, optional
+        Folder of the tables.
+    tables : mapping of str to pandas.DataFrame, optional
+        File name -> table; ``.parquet`` names are written as Parquet (no index),
+        ``.csv`` as CSV.
+
+    Raises
+    ------
+    ValueError
+        A table name with another suffix.
+
+    Notes
+    -----
+    Every file is written to a temporary path in its folder and renamed
+    (:func:`astrobatch.io.atomic.atomic_path`); the metrics come last, so an evaluation
+    that fails while writing its tables leaves the previous metrics in place.
+    """
+    from astrobatch.io.atomic import atomic_path, write_json
+
+    tables = dict(tables or {})
+    bad = [name for name in tables if Path(name).suffix not in (".parquet", ".csv")]
+    if bad:  # checked before anything is written
+        raise ValueError(f"tables {bad}: expected .parquet or .csv names")
+    if tables:
+        reports_dir = Path(reports_dir)  # type: ignore[arg-type]
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        for fname, table in tables.items():
+            with atomic_path(reports_dir / fname) as tmp:
+                if fname.endswith(".parquet"):
+                    table.to_parquet(tmp, index=False)
+                else:
+                    table.to_csv(tmp, index=False)
+    write_json(metrics_path, dict(metrics))
+
+
+def print_summary(
+    title: str, rows: Iterable[Iterable[Any]], columns: Iterable[str] = ("metric", "value")
+) -> None:
+    """Print the summary table of an evaluation on standard error (rich).
+
+    Parameters
+    ----------
+    title : str
+    rows : iterable of rows
+        Cells; floats are shown with 4 significant digits.
+    columns : iterable of str
+        Column titles; all but the first are right-aligned.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    Console(stderr=True).print(table)
