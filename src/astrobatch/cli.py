@@ -11,6 +11,7 @@ import importlib
 
 import typer
 
+from astrobatch import sweeps
 from astrobatch.slurm import app as slurm_app
 from astrobatch.studies import STUDIES
 
@@ -25,6 +26,7 @@ for _entry in STUDIES.values():
     _study = importlib.import_module(f"{_entry.package}.stages").study
     app.add_typer(_study.app, name=_study.cli_name)
 app.add_typer(slurm_app, name="slurm")
+app.add_typer(sweeps.app, name="sweep")
 
 
 def _mount_compare() -> None:

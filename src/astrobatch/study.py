@@ -135,6 +135,8 @@ class Study:
     Attributes
     ----------
     paths : StudyPaths
+    log : logging.Logger
+        The study's logger (``astrobatch.studies.<name>``).
     app : typer.Typer
         The sub-app; every :meth:`stage` adds a command to it.
     """
@@ -143,6 +145,7 @@ class Study:
         self.name = name
         self.cli_name = name.replace("_", "-")
         self.paths = StudyPaths.for_study(name)
+        self.log = logging.getLogger(f"astrobatch.studies.{name}")
         self.app = typer.Typer(name=self.cli_name, help=help, no_args_is_help=True)
 
     def load(self, path: str | Path = DEFAULT_PARAMS, resume: bool | None = None,

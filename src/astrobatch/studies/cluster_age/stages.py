@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from astrobatch.study import Study, print_summary
 
-log = logging.getLogger(__name__)
 study = Study(
     "cluster_age",
     help="Star-cluster ages from HST cutouts with a CNN (blackout masks, normalisations, "
     "baselines, shuffled-target control).",
 )
-app = study.app
 #: Metrics of the summary table printed by evaluate.
 SUMMARY = (
     "test/mdae_log_age", "test/mae_log_age", "test/r2_log_age",
@@ -39,7 +35,7 @@ def simulate_cmd(p, out) -> None:
     out = out or p.data.raw_path
     with progress("simulate cutouts", p.simulate.n_clusters) as update:
         summary = simulate_to_file(p.simulate, out, progress=update)
-    log.info("wrote %s (%s)", out, summary)
+    study.log.info("wrote %s (%s)", out, summary)
 
 
 @study.stage("prepare", out="prepared")
@@ -55,7 +51,7 @@ def prepare_cmd(p, out) -> None:
 
     with progress("prepare shards", 1) as update:
         manifest = prepare(p.data, out, update)
-    log.info("kept %d of %d cutouts, split %s -> %s", manifest["n_kept"], manifest["n_raw"],
+    study.log.info("kept %d of %d cutouts, split %s -> %s", manifest["n_kept"], manifest["n_raw"],
              manifest["counts"], out)  # fmt: skip
 
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from astrobatch.study import Study, print_summary
 
-log = logging.getLogger(__name__)
 study = Study(
     "star_sets",
     help="Star-cluster mass from variable-size sets of member stars "
     "(summary statistics, Deep Sets, Set Transformer).",
 )
-app = study.app
 
 
 @study.stage("simulate", out="raw", out_help="Raw HDF5 file to write (default: data.raw_path).")
@@ -32,7 +28,7 @@ def simulate_cmd(p, out) -> None:
     s = p.simulate
     with progress("simulate snapshots", s.n_runs * s.snapshots_per_run) as update:
         simulate_to_file(s, s.seed, out, progress=update)
-    log.info("wrote %s", out)
+    study.log.info("wrote %s", out)
 
 
 @study.stage("prepare", out="prepared")
@@ -49,7 +45,7 @@ def prepare_cmd(p, out) -> None:
 
     with progress("prepare shards", 1) as update:
         manifest = prepare(p.data, out, p.evaluate.real_galactocentric_radius_kpc, update)
-    log.info(
+    study.log.info(
         "runs per split %s, snapshots %s -> %s",
         {k: len(v) for k, v in manifest["runs"].items()}, manifest["n_snapshots"], out,
     )  # fmt: skip

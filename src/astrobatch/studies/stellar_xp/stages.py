@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +9,11 @@ import typer
 
 from astrobatch.study import Study, print_summary
 
-log = logging.getLogger(__name__)
 study = Study(
     "stellar_xp",
     help="Stellar labels with uncertainties from Gaia XP spectra: masked autoencoder "
     "pretraining, 16/50/84 quantile fine-tuning, leakage-free parallax.",
 )
-app = study.app
 PRETRAINED = study.paths.models / "pretrain"
 FINETUNED = study.paths.models / "finetune"
 
@@ -49,7 +46,7 @@ def simulate_cmd(
     s = p.simulate
     with progress("simulate stars", s.n_pretrain + s.n_finetune) as update:
         summary = simulate_to_files(s, pretrain_out, finetune_out, progress=update)
-    log.info("wrote %s and %s (%s)", pretrain_out, finetune_out, summary)
+    study.log.info("wrote %s and %s (%s)", pretrain_out, finetune_out, summary)
 
 
 @study.stage("prepare", out="prepared")
@@ -67,7 +64,7 @@ def prepare_cmd(p, out) -> None:
 
     with progress("prepare shards", 1) as update:
         manifest = prepare(p, out, update)
-    log.info("rows per shard %s -> %s", manifest["counts"], out)
+    study.log.info("rows per shard %s -> %s", manifest["counts"], out)
 
 
 @study.stage(
@@ -130,4 +127,4 @@ def evaluate_cmd(p, prepared, pretrained, models, metrics, plots, reports) -> No
     print_summary("stellar_xp: test", rows, columns)
     for k in sorted(m):
         if k.startswith("recon/"):
-            log.info("%s = %.4g", k, m[k])
+            study.log.info("%s = %.4g", k, m[k])
