@@ -6,7 +6,8 @@ Compute throughput
     Sets (samples) per second of one optimisation step, forward + Huber loss +
     backward + gradient clipping (0.5, as in training) + AdamW step, for each
     model of ``--models`` (built with
-    ``astrobatch.nn.sets.build_set_model(SetModelParams(name=..., hidden_dim=...), F)``,
+    ``astrobatch.nn.sets.build_set_model(in_features=F, **SetModelParams(name=...,
+    hidden_dim=...).model_dump())``, as star_sets' ``build_model`` does,
     other hyper-parameters at their defaults) and each batch size of
     ``--batch-sizes``. The batches are drawn once from
     :class:`astrobatch.data.sets.SetSampleDataset` and kept on the device (a pool
@@ -183,7 +184,9 @@ def batch_pool(ds: SetSampleDataset, batch_size: int, device: torch.device) -> l
 def bench_compute(build, name, hidden, ds, batch_size, device, a) -> dict:
     """Median sets/s of compute-only steps for one model and batch size."""
     torch.manual_seed(SEED)
-    model = build(SetModelParams(name=name, hidden_dim=hidden), ds.n_features)
+    model = build(
+        in_features=ds.n_features, **SetModelParams(name=name, hidden_dim=hidden).model_dump()
+    )
     step = Stepper(model, device, a.precision)
     pool = batch_pool(ds, batch_size, device)
     for i in range(a.warmup):
@@ -216,7 +219,10 @@ def bench_loader(build, name, hidden, prepared, workers, device, a) -> dict:
         prepared, SamplingParams(), a.loader_batch_size, SEED, workers, in_memory=not a.stream
     )
     loader = dm.loader("train")
-    model = build(SetModelParams(name=name, hidden_dim=hidden), dm.dataset("train").n_features)
+    model = build(
+        in_features=dm.dataset("train").n_features,
+        **SetModelParams(name=name, hidden_dim=hidden).model_dump(),
+    )
     step = Stepper(model, device, a.precision)
     epoch, it = 0, iter(loader)
     wait = comp = 0.0

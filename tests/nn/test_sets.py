@@ -16,7 +16,6 @@ from astrobatch.nn.sets import (
     masked_summary_statistics,
     mlp,
 )
-from astrobatch.studies.star_sets.params import SetModelParams
 
 F = 3
 CONFIGS = {
@@ -30,8 +29,8 @@ CONFIGS = {
 
 def make_model(key: str, seed: int = 0, **overrides) -> torch.nn.Module:
     torch.manual_seed(seed)
-    params = SetModelParams(**{"hidden_dim": 16, **CONFIGS[key], **overrides})
-    return build_set_model(params, in_features=F).eval()
+    kwargs = {"hidden_dim": 16, **CONFIGS[key], **overrides}
+    return build_set_model(in_features=F, **kwargs).eval()
 
 
 def make_batch(sizes, n_max: int, seed: int = 0, fill: float | None = None):
@@ -52,9 +51,7 @@ def test_output_shape_and_out_features(key):
     x, mask = make_batch([5, 3, 8, 1], n_max=8)
     assert make_model(key)(x, mask).shape == (4, 1)
     torch.manual_seed(0)
-    model = build_set_model(
-        SetModelParams(**{"hidden_dim": 16, **CONFIGS[key]}), in_features=F, out_features=3
-    )
+    model = build_set_model(in_features=F, out_features=3, **{"hidden_dim": 16, **CONFIGS[key]})
     y = model(x, mask)
     assert y.shape == (4, 3) and y.dtype == torch.float32
 
@@ -237,23 +234,23 @@ def test_input_validation():
 
 
 def test_build_set_model_dispatch_and_unknown_name():
-    p = SetModelParams(name="set_transformer", hidden_dim=32, num_heads=8, num_blocks=3)
-    m = build_set_model(p, in_features=F)
+    m = build_set_model("set_transformer", in_features=F, hidden_dim=32, num_heads=8, num_blocks=3)
     assert isinstance(m, SetTransformer) and len(m.blocks) == 3
     assert m.blocks[0].mab.attn.num_heads == 8
-    m = build_set_model(SetModelParams(name="deep_sets", pooling="sum", phi_layers=3), F)
+    m = build_set_model("deep_sets", F, pooling="sum", phi_layers=3)
     assert isinstance(m, DeepSets) and m.pooling == "sum"
     assert sum(isinstance(layer, torch.nn.Linear) for layer in m.phi) == 3
-    assert isinstance(build_set_model(SetModelParams(name="summary_stats"), F), SummaryStats)
-    bad = SetModelParams.model_construct(**{**SetModelParams().model_dump(), "name": "pointnet"})
+    assert isinstance(build_set_model("summary_stats", F), SummaryStats)
     with pytest.raises(ValueError, match="unknown set model 'pointnet'"):
-        build_set_model(bad, in_features=F)
+        build_set_model("pointnet", in_features=F)
+    with pytest.raises(ValueError, match="in_features"):
+        build_set_model("deep_sets", in_features=0)
 
 
 def test_default_sizes_parameter_counts():
     """Default hidden_dim=64 models stay small (CPU-trainable); counts are reported in docs."""
     counts = {
-        name: count_parameters(build_set_model(SetModelParams(name=name), in_features=6))
+        name: count_parameters(build_set_model(name, in_features=6))
         for name in ("summary_stats", "deep_sets", "set_transformer")
     }
     assert all(1_000 < c < 200_000 for c in counts.values()), counts

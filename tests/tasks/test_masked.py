@@ -11,19 +11,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from astrobatch.nn.autoencoder import MaskedAutoencoder
-from astrobatch.studies.stellar_xp.params import MaskingParams, PretrainParams
 from astrobatch.tasks.masked import (
     MaskedReconstructionTask,
-    cosine_warm_restarts,
-    decay_param_groups,
+    column_indices,
     fill_masked,
     hidden_indicators,
     make_pretrain_mask,
     masked_reconstruction_loss,
     perturb_by_errors,
     reconstruction_error,
+    reconstruction_terms,
     seeded_generator,
 )
+from astrobatch.tasks.optim import decay_param_groups
 
 F, R = 12, 10
 XP = list(range(2, 8))
@@ -192,21 +192,6 @@ def test_no_weight_decay_on_biases_and_norms():
     assert decay_param_groups(task.model, 0.1, name="x")[1]["name"] == "x_no_decay"
 
 
-def test_cosine_warm_restarts_cover_the_run():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    cfg = cosine_warm_restarts(opt, total_steps=70, max_epochs=5, cycles=3, t_mult=2)
-    assert cfg["interval"] == "step"
-    lrs = []
-    for _ in range(70):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        cfg["scheduler"].step()
-    restarts = [i for i in range(1, 70) if lrs[i] > lrs[i - 1] + 1e-9]
-    assert restarts == [10, 30]  # cycles of 10, 20, 40 steps
-    assert lrs[0] == 1.0 and lrs[-1] < 0.02
-    assert cosine_warm_restarts(opt, None, max_epochs=7)["interval"] == "epoch"
-
-
 def _val_loss(task, data) -> float:
     task.eval()
     with torch.no_grad():
@@ -247,14 +232,12 @@ def test_recon_idx_must_be_a_prefix():
 
 
 def test_fit_logs_and_reconstruction_error(tmp_path):
-    task = MaskedReconstructionTask.from_params(
-        tiny_task().model,
-        MaskingParams(force_mask_cols=["PARALLAX"], mask_indicators=False),
-        PretrainParams(),
-        xp_idx=XP,
-        force_mask_idx=FORCE,
-        seed=3,
-    )
+    # the stellar_xp defaults (masking and pretrain params; built there by build_pretrain_task)
+    task = MaskedReconstructionTask(
+        tiny_task().model, xp_idx=XP, force_mask_idx=FORCE, xp_masking_ratio=0.9,
+        m_masking_ratio=0.6, fill_value=0.0, perturb_errors=False, loss="mae",
+        error_weighted=False, lr=1e-3, weight_decay=1e-5, max_epochs=15, seed=3,
+    )  # fmt: skip
     train = DataLoader(Rows(synthetic(96, seed=1)), batch_size=32)
     val = DataLoader(Rows(synthetic(64, seed=2)), batch_size=32)
     trainer = L.Trainer(
@@ -276,3 +259,27 @@ def test_fit_logs_and_reconstruction_error(tmp_path):
     assert res["n_positions"] == n_present_xp
     assert 0 < res["mae"] <= res["rmse"]
     assert len(res["mae_per_coefficient"]) == len(XP)
+
+
+# --------------------------------------------------------------------------- shared helpers
+def test_reconstruction_terms_are_the_loss_num_and_den():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(6, R, generator=g), torch.randn(6, R, generator=g)
+    target[0, 0] = float("nan")
+    mask = torch.rand(6, R, generator=g) < 0.5
+    err = torch.rand(6, R, generator=g)
+    for kind in ("mae", "mse"):
+        num, den = reconstruction_terms(pred, target, mask, None, kind, err, 0.1)
+        loss = masked_reconstruction_loss(pred, target, mask, None, kind, err, 0.1)
+        assert torch.equal(num / den, loss)
+    _, den = reconstruction_terms(pred, target, mask)
+    assert den.item() == int((mask & torch.isfinite(target)).sum())
+
+
+def test_column_indices():
+    assert column_indices((), 4, "force").tolist() == []
+    assert column_indices(torch.tensor([3, 0]), 4, "force").tolist() == [3, 0]
+    with pytest.raises(ValueError, match=r"force must be column indices in \[0, 4\)"):
+        column_indices([4], 4, "force")
+    with pytest.raises(ValueError, match="column indices"):
+        column_indices([[0]], 4, "force")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import lightning as L
 import numpy as np
@@ -25,11 +26,38 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from astrobatch.io.shards import read_shard
-from astrobatch.studies.star_sets.params import SamplingParams
+
+
+class SetSampling(Protocol):
+    """What the set samplers read: any object with these attributes.
+
+    A study's validated params model provides them (star_sets:
+    ``SamplingParams`` in ``studies/star_sets/params.py``); this layer imports
+    no study.
+
+    Attributes
+    ----------
+    num_star_per_sample : int
+        Padded set size N (at most this many elements are drawn).
+    num_sample_per_snapshot : int
+        Samples drawn from each set per epoch.
+    drop_probability : float
+        Probability in [0, 1] that a sample drops a fraction of the set.
+    drop_ratio_range : tuple of float
+        ``(lo, hi)``, the dropped fraction is uniform in it.
+    drop_at_eval : bool
+        Also drop at val/test time (one fixed seeded draw).
+    """
+
+    num_star_per_sample: int
+    num_sample_per_snapshot: int
+    drop_probability: float
+    drop_ratio_range: tuple[float, float]
+    drop_at_eval: bool
 
 
 def sample_set(
-    n: int, rng: np.random.Generator, sampling: SamplingParams, drop: bool = True
+    n: int, rng: np.random.Generator, sampling: SetSampling, drop: bool = True
 ) -> np.ndarray:
     """Indices of the elements kept in one sample of a set of ``n`` elements.
 
@@ -38,7 +66,7 @@ def sample_set(
     n : int
         Set size (0 gives an empty sample).
     rng : numpy.random.Generator
-    sampling : SamplingParams
+    sampling : SetSampling
     drop : bool
         Apply random dropping (``drop_probability``, ``drop_ratio_range``).
 
@@ -49,8 +77,9 @@ def sample_set(
 
     Examples
     --------
-    >>> from astrobatch.params import SamplingParams
-    >>> idx = sample_set(1000, np.random.default_rng(0), SamplingParams(drop_probability=0))
+    >>> from types import SimpleNamespace
+    >>> sampling = SimpleNamespace(num_star_per_sample=128, drop_probability=0.0)
+    >>> idx = sample_set(1000, np.random.default_rng(0), sampling)
     >>> len(idx), len(set(idx.tolist()))
     (128, 128)
     """
@@ -64,7 +93,7 @@ def sample_set(
 
 
 def padded_sample(
-    rows: np.ndarray, rng: np.random.Generator, sampling: SamplingParams, drop: bool = True
+    rows: np.ndarray, rng: np.random.Generator, sampling: SetSampling, drop: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one sample of a set with :func:`sample_set` and zero-pad it.
 
@@ -73,7 +102,7 @@ def padded_sample(
     rows : numpy.ndarray, shape (n, F)
         Scaled features of the set's elements.
     rng : numpy.random.Generator
-    sampling : SamplingParams
+    sampling : SetSampling
     drop : bool
         Apply random dropping.
 
@@ -86,7 +115,9 @@ def padded_sample(
 
     Examples
     --------
-    >>> x, m = padded_sample(np.ones((3, 2)), np.random.default_rng(0), SamplingParams(), False)
+    >>> from types import SimpleNamespace
+    >>> sampling = SimpleNamespace(num_star_per_sample=128, drop_probability=0.6)
+    >>> x, m = padded_sample(np.ones((3, 2)), np.random.default_rng(0), sampling, False)
     >>> x.shape, int(m.sum())
     ((128, 2), 3)
     """
@@ -106,7 +137,7 @@ class SetSampleDataset(Dataset):
     ----------
     shard : str or pathlib.Path
         Prepared shard (:mod:`astrobatch.io.shards`).
-    sampling : SamplingParams
+    sampling : SetSampling
     seed : int
         Seed of all draws.
     train : bool
@@ -124,7 +155,7 @@ class SetSampleDataset(Dataset):
     ``set_index`` and ``sample_index`` (int64), N = ``num_star_per_sample``.
     """
 
-    def __init__(self, shard, sampling: SamplingParams, seed: int, train: bool, in_memory=True):
+    def __init__(self, shard, sampling: SetSampling, seed: int, train: bool, in_memory=True):
         self.path = Path(shard)
         meta = read_shard(self.path, load_features=in_memory)
         self.ptr = meta["ptr"]
@@ -226,7 +257,7 @@ class SetDataModule(L.LightningDataModule):
     ----------
     prepared_dir : str or pathlib.Path
         Folder holding ``train.h5``, ``val.h5``, ``test.h5``.
-    sampling : SamplingParams
+    sampling : SetSampling
     batch_size : int
     seed : int
     num_workers : int
@@ -235,7 +266,7 @@ class SetDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, prepared_dir, sampling: SamplingParams, batch_size: int, seed: int,
+        self, prepared_dir, sampling: SetSampling, batch_size: int, seed: int,
         num_workers: int = 0, in_memory: bool = True,
     ):  # fmt: skip
         super().__init__()

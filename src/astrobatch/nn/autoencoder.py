@@ -1,4 +1,4 @@
-"""Masked autoencoder of tabular stellar data and a non-crossing quantile head.
+"""Masked autoencoder of tabular stellar data (the encoder of stellar_xp).
 
 The Masked Stellar Autoencoder (MSA; McKay & Fabbro 2025) encodes one row of
 scaled features (Gaia XP coefficients, photometry, parallax, ...) into a latent
@@ -30,12 +30,11 @@ Classes
 :class:`ResidualBlock`
     Linear, LayerNorm, ELU, Dropout, Linear, LayerNorm, skip (+ projection), ELU.
 :class:`MaskedAutoencoder`
-    The encoder/decoder above.
-:class:`QuantileHead`
-    MLP from the latent to ``(q16, q50, q84)`` per label that cannot cross.
+    The encoder/decoder above, built from plain arguments (a study passes its
+    params' fields as keyword arguments).
 
-:func:`build_autoencoder` builds the autoencoder from
-:class:`~astrobatch.studies.stellar_xp.params.AutoencoderParams`.
+The quantile head that reads the latent is
+:class:`~astrobatch.nn.heads.QuantileHead`.
 
 References
 ----------
@@ -55,9 +54,7 @@ import torch.nn.functional as F
 from rtdl_num_embeddings import PeriodicEmbeddings
 from torch import Tensor, nn
 
-from astrobatch.studies.stellar_xp.params import AutoencoderParams
-
-__all__ = ["MaskedAutoencoder", "QuantileHead", "ResidualBlock", "build_autoencoder"]
+__all__ = ["MaskedAutoencoder", "ResidualBlock"]
 
 
 class ResidualBlock(nn.Module):
@@ -287,98 +284,3 @@ class MaskedAutoencoder(nn.Module):
         """Reconstruction and latent, ``((B, n_recon), (B, latent_dim))``; see :meth:`encode`."""
         z = self.encode(x_filled, indicators)
         return self.decode(z), z
-
-
-class QuantileHead(nn.Module):
-    """MLP from the latent to the 16/50/84 % quantiles of every label, never crossing.
-
-    The last layer gives three numbers ``(a, m, b)`` per label; the quantiles are
-    ``(m - softplus(a), m, m + softplus(b))``. Since ``softplus >= 0`` and float
-    subtraction/addition of a non-negative number is monotone, ``q16 <= q50 <=
-    q84`` holds for any weights (McKay & Fabbro 2025).
-
-    Parameters
-    ----------
-    latent_dim : int
-        Input width (the autoencoder's latent size).
-    n_labels : int
-        L, the number of labels.
-    hidden : sequence of int
-        Widths of the hidden layers (Linear + ELU each); empty: one linear map.
-
-    Shape
-    -----
-    - z: ``(B, latent_dim)``, float32
-    - output: ``(B, L, 3)``, float32, quantiles 0.16, 0.5, 0.84 in scaled label units
-
-    Examples
-    --------
-    >>> _ = torch.manual_seed(0)
-    >>> q = QuantileHead(4, n_labels=2, hidden=(8,))(torch.randn(5, 4))
-    >>> q.shape
-    torch.Size([5, 2, 3])
-    >>> bool((q[..., 0] <= q[..., 1]).all() and (q[..., 1] <= q[..., 2]).all())
-    True
-    """
-
-    def __init__(self, latent_dim: int, n_labels: int, hidden: Sequence[int] = (256, 128)):
-        super().__init__()
-        if min(latent_dim, n_labels) < 1 or any(int(h) < 1 for h in hidden):
-            raise ValueError(
-                f"sizes must be >= 1, got latent_dim={latent_dim}, n_labels={n_labels}, "
-                f"hidden={list(hidden)}"
-            )
-        self.latent_dim = int(latent_dim)
-        self.n_labels = int(n_labels)
-        layers: list[nn.Module] = []
-        width = int(latent_dim)
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.ELU()]
-            width = int(h)
-        self.body = nn.Sequential(*layers)
-        self.out = nn.Linear(width, 3 * self.n_labels)
-
-    def forward(self, z: Tensor) -> Tensor:
-        """Quantiles ``(B, L, 3)`` = (q16, q50, q84) of scaled labels."""
-        o = self.out(self.body(z)).view(z.shape[0], self.n_labels, 3)
-        a, m, b = o.unbind(-1)
-        return torch.stack([m - F.softplus(a), m, m + F.softplus(b)], dim=-1)
-
-
-def build_autoencoder(
-    params: AutoencoderParams, n_features: int, n_recon: int, mask_indicators: bool = False
-) -> MaskedAutoencoder:
-    """Build a :class:`MaskedAutoencoder` from typed parameters.
-
-    Parameters
-    ----------
-    params : astrobatch.params.AutoencoderParams
-        Embedding, width, latent and dropout settings.
-    n_features : int
-        Number of input features (from the prepared data's column list).
-    n_recon : int
-        Number of reconstructed features (length of ``recon_cols``).
-    mask_indicators : bool
-        ``MaskingParams.mask_indicators``.
-
-    Returns
-    -------
-    MaskedAutoencoder
-
-    Examples
-    --------
-    >>> ae = build_autoencoder(AutoencoderParams(widths=[16], latent_dim=4), 6, 4)
-    >>> ae.n_features, ae.n_recon, ae.latent_dim
-    (6, 4, 4)
-    """
-    return MaskedAutoencoder(
-        n_features=n_features,
-        n_recon=n_recon,
-        embedding_dim=params.embedding_dim,
-        n_frequencies=params.n_frequencies,
-        frequency_init_scale=params.frequency_init_scale,
-        widths=tuple(params.widths),
-        latent_dim=params.latent_dim,
-        dropout=params.dropout,
-        mask_indicators=mask_indicators,
-    )

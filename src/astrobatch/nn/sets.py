@@ -29,8 +29,8 @@ Models
     pooling by multi-head attention (PMA, one seed) and an MLP
     (Lee et al. 2019, "Set Transformer", arXiv:1810.00825).
 
-:func:`build_set_model` builds one of them from
-:class:`~astrobatch.studies.star_sets.params.SetModelParams`.
+:func:`build_set_model` builds one of them by name from plain keyword
+arguments (a study passes its params' fields, ``**params.model.model_dump()``).
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from astrobatch.studies.star_sets.params import SetModelParams
 
 __all__ = [
     "ISAB",
@@ -661,20 +659,44 @@ class SetTransformer(nn.Module):
 
 
 # --------------------------------------------------------------------------- factory
-def build_set_model(params: SetModelParams, in_features: int, out_features: int = 1) -> nn.Module:
-    """Build the set model named by ``params.name`` with its hyper-parameters.
+def build_set_model(
+    name: str,
+    in_features: int,
+    out_features: int = 1,
+    *,
+    hidden_dim: int = 64,
+    phi_layers: int = 2,
+    rho_layers: int = 2,
+    pooling: str = "mean",
+    num_heads: int = 4,
+    num_blocks: int = 2,
+    num_inducing: int = 0,
+) -> nn.Module:
+    """Build the set model called ``name`` with its hyper-parameters.
+
+    The keyword arguments are the fields of a study's set-model params (e.g.
+    ``build_set_model(in_features=6, **params.model.model_dump())``); those
+    that do not apply to the chosen model are ignored.
 
     Parameters
     ----------
-    params : SetModelParams
-        ``name`` in {"summary_stats", "deep_sets", "set_transformer"} and the
-        hyper-parameters (``hidden_dim``, ``phi_layers``, ``rho_layers``,
-        ``pooling``, ``num_heads``, ``num_blocks``, ``num_inducing``); those
-        that do not apply to the chosen model are ignored.
+    name : {"summary_stats", "deep_sets", "set_transformer"}
+        :class:`SummaryStats`, :class:`DeepSets` or :class:`SetTransformer`.
     in_features : int
         Features per element, F.
     out_features : int
         Outputs per set.
+    hidden_dim : int
+        Width of the hidden layers (all models).
+    phi_layers : int
+        Layers of the per-element MLP (``deep_sets``).
+    rho_layers : int
+        Layers of the MLP after pooling (all models).
+    pooling : {"mean", "sum"}
+        Masked pooling (``deep_sets``).
+    num_heads, num_blocks, num_inducing : int
+        Attention heads, SAB/ISAB blocks and inducing points (0 = SAB) of the
+        ``set_transformer``.
 
     Returns
     -------
@@ -686,36 +708,28 @@ def build_set_model(params: SetModelParams, in_features: int, out_features: int 
     Raises
     ------
     ValueError
-        On an unknown ``params.name`` or ``in_features < 1``.
+        On an unknown ``name`` or ``in_features < 1`` (and the models' own
+        checks, e.g. ``hidden_dim`` not divisible by ``num_heads``).
 
     Examples
     --------
-    >>> model = build_set_model(SetModelParams(name="deep_sets", hidden_dim=16), in_features=6)
+    >>> model = build_set_model("deep_sets", in_features=6, hidden_dim=16)
     >>> x, mask = torch.zeros(4, 10, 6), torch.ones(4, 10, dtype=torch.bool)
     >>> type(model).__name__, model(x, mask).shape
     ('DeepSets', torch.Size([4, 1]))
     """
     if in_features < 1:
         raise ValueError(f"in_features must be >= 1, got {in_features}")
-    p = params
-    if p.name == "summary_stats":
-        return SummaryStats(in_features, p.hidden_dim, p.rho_layers, out_features)
-    if p.name == "deep_sets":
-        return DeepSets(
-            in_features, p.hidden_dim, p.phi_layers, p.rho_layers, p.pooling, out_features
-        )
-    if p.name == "set_transformer":
+    if name == "summary_stats":
+        return SummaryStats(in_features, hidden_dim, rho_layers, out_features)
+    if name == "deep_sets":
+        return DeepSets(in_features, hidden_dim, phi_layers, rho_layers, pooling, out_features)
+    if name == "set_transformer":
         return SetTransformer(
-            in_features,
-            p.hidden_dim,
-            p.num_heads,
-            p.num_blocks,
-            p.num_inducing,
-            p.rho_layers,
-            out_features,
+            in_features, hidden_dim, num_heads, num_blocks, num_inducing, rho_layers, out_features
         )
     raise ValueError(
-        f"unknown set model {p.name!r}; choose from 'summary_stats', 'deep_sets', 'set_transformer'"
+        f"unknown set model {name!r}; choose from 'summary_stats', 'deep_sets', 'set_transformer'"
     )
 
 

@@ -20,14 +20,20 @@ training masks change every epoch but a run is reproducible and resumable;
 validation and test masks ignore the epoch, so ``val/loss`` is computed on the
 same masks every epoch and curves are comparable.
 
-Optimisation (shared with :mod:`astrobatch.tasks.quantile`)
------------------------------------------------------------
+Optimisation (helpers in :mod:`astrobatch.tasks.optim`)
+-------------------------------------------------------
 AdamW without weight decay on biases and normalisation weights
-(:func:`decay_param_groups`); learning rate on cosine warm restarts
-(``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``, stepped every
-optimiser step) with ``restart_cycles`` cycles, each ``restart_mult`` times
-longer than the previous, fitted to the run's total steps; the learning rate
-falls to ``0.01 lr`` at the end of each cycle (:func:`cosine_warm_restarts`).
+(:func:`~astrobatch.tasks.optim.decay_param_groups`); learning rate on cosine
+warm restarts (``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``,
+stepped every optimiser step) with ``restart_cycles`` cycles, each
+``restart_mult`` times longer than the previous, fitted to the run's total
+steps; the learning rate falls to ``0.01 lr`` at the end of each cycle
+(:func:`~astrobatch.tasks.optim.cosine_warm_restarts`).
+
+Shared with other objectives: the masks, fills and perturbations, the column
+check :func:`column_indices` and the weighted loss terms
+:func:`reconstruction_terms` (a fine-tuning task with a multitask
+reconstruction loss reuses them).
 
 Logged: ``train/loss`` (per epoch), ``val/loss``, ``val/recon_mae_xp`` (mean
 absolute error over masked, present XP coefficients, scaled units), ``lr``;
@@ -48,28 +54,22 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from astrobatch.nn.autoencoder import MaskedAutoencoder
-from astrobatch.studies.stellar_xp.params import MaskingParams, PretrainParams
+from astrobatch.tasks.optim import cosine_warm_restarts, decay_param_groups, estimated_steps
 
 __all__ = [
     "MaskedReconstructionTask",
-    "cosine_warm_restarts",
-    "decay_param_groups",
+    "column_indices",
     "fill_masked",
     "hidden_indicators",
     "make_pretrain_mask",
     "masked_reconstruction_loss",
     "perturb_by_errors",
     "reconstruction_error",
+    "reconstruction_terms",
     "seeded_generator",
 ]
 
 _STAGES = {"train": 0, "val": 1, "test": 2, "predict": 3, "eval": 4}
-_NORMS = (
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-)
 
 
 # --------------------------------------------------------------------------- randomness
@@ -111,7 +111,36 @@ def seeded_generator(
     return g
 
 
-def _index(idx: Sequence[int] | Tensor, n: int, name: str) -> Tensor:
+def column_indices(idx: Sequence[int] | Tensor, n: int, name: str) -> Tensor:
+    """Validate column indices of a ``(B, n)`` feature table.
+
+    Parameters
+    ----------
+    idx : sequence of int or torch.Tensor, shape (k,)
+        Column indices (may be empty).
+    n : int
+        Number of columns.
+    name : str
+        Name of the argument, for the error message.
+
+    Returns
+    -------
+    torch.Tensor, shape (k,), int64
+
+    Raises
+    ------
+    ValueError
+        If ``idx`` is not one-dimensional or an index is outside ``[0, n)``.
+
+    Examples
+    --------
+    >>> column_indices([0, 2], 3, "xp_idx").tolist()
+    [0, 2]
+    >>> column_indices([3], 3, "xp_idx")
+    Traceback (most recent call last):
+    ...
+    ValueError: xp_idx must be column indices in [0, 3), got [3]
+    """
     t = torch.as_tensor(list(idx) if not isinstance(idx, Tensor) else idx, dtype=torch.long)
     if t.ndim != 1 or (t.numel() and (t.min() < 0 or t.max() >= n)):
         raise ValueError(f"{name} must be column indices in [0, {n}), got {t.tolist()}")
@@ -176,8 +205,8 @@ def make_pretrain_mask(
         if not 0.0 <= r <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {r}")
     B, nf = present.shape
-    xp = _index(xp_idx, nf, "xp_idx")
-    force = _index(force_idx, nf, "force_idx")
+    xp = column_indices(xp_idx, nf, "xp_idx")
+    force = column_indices(force_idx, nf, "force_idx")
     dev = generator.device if generator is not None else present.device
     row_u = torch.rand(B, 1, generator=generator, device=dev)
     elem_u = torch.rand(B, nf, generator=generator, device=dev)
@@ -264,16 +293,41 @@ def perturb_by_errors(
 
 
 # --------------------------------------------------------------------------- loss
-def _recon_terms(
+def reconstruction_terms(
     pred: Tensor,
     target: Tensor,
     mask: Tensor,
-    present: Tensor | None,
-    kind: str,
-    err: Tensor | None,
-    err_floor: float,
+    present: Tensor | None = None,
+    kind: str = "mae",
+    err: Tensor | None = None,
+    err_floor: float = 0.1,
 ) -> tuple[Tensor, Tensor]:
-    """Weighted sum of per-position losses and the sum of weights."""
+    """Weighted sum of per-position reconstruction losses and the sum of the weights.
+
+    The numerator and denominator of :func:`masked_reconstruction_loss` (which
+    is ``num / den``), kept apart so that a metric can average exactly over a
+    whole split (weighted by ``den``) and another objective can add the loss to
+    its own. Arguments as in :func:`masked_reconstruction_loss`.
+
+    Returns
+    -------
+    num : torch.Tensor, shape (), float32
+        ``sum_i w_i l_i`` over scored positions (scaled units, or their square).
+    den : torch.Tensor, shape (), float32
+        ``sum_i w_i`` (the number of scored positions when unweighted).
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``kind`` or mismatched shapes.
+
+    Examples
+    --------
+    >>> pred, target = torch.tensor([[1.0, 5.0]]), torch.tensor([[0.0, 0.0]])
+    >>> num, den = reconstruction_terms(pred, target, torch.tensor([[True, True]]))
+    >>> num.item(), den.item()
+    (6.0, 2.0)
+    """
     if kind not in ("mae", "mse"):
         raise ValueError(f"kind must be 'mae' or 'mse', got {kind!r}")
     if not (pred.shape == target.shape == mask.shape):
@@ -351,125 +405,8 @@ def masked_reconstruction_loss(
     >>> masked_reconstruction_loss(pred, target, mask).item()
     1.0
     """
-    num, den = _recon_terms(pred, target, mask, present, kind, err, err_floor)
+    num, den = reconstruction_terms(pred, target, mask, present, kind, err, err_floor)
     return num / den.clamp_min(torch.finfo(num.dtype).tiny)
-
-
-# --------------------------------------------------------------------------- optimisation
-def decay_param_groups(
-    modules: nn.Module | Iterable[nn.Module],
-    weight_decay: float,
-    lr: float | None = None,
-    name: str | None = None,
-) -> list[dict[str, Any]]:
-    """AdamW parameter groups: decay on weights, none on biases and norm parameters.
-
-    A parameter gets no weight decay if its name ends in ``bias`` or it belongs
-    to a normalisation layer (LayerNorm, BatchNorm, GroupNorm, InstanceNorm).
-    Frozen parameters (``requires_grad=False``) are left out.
-
-    Parameters
-    ----------
-    modules : torch.nn.Module or iterable of them
-    weight_decay : float
-        Decoupled weight decay of the decayed group.
-    lr : float, optional
-        Learning rate of both groups (default: the optimiser's).
-    name : str, optional
-        Adds ``"name": name`` to the decayed group and ``name + "_no_decay"`` to
-        the other (optimisers keep extra keys; handy for logging).
-
-    Returns
-    -------
-    list of dict
-        ``[{"params": decayed, "weight_decay": wd}, {"params": others, "weight_decay": 0.0}]``
-        (plus ``"lr"``, ``"name"`` if given); empty groups are dropped.
-
-    Examples
-    --------
-    >>> groups = decay_param_groups(nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3)), 0.1)
-    >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
-    [(1, 0.1), (3, 0.0)]
-    """
-    if isinstance(modules, nn.Module):
-        modules = [modules]
-    decay, no_decay, seen = [], [], set()
-    for module in modules:
-        for sub in module.modules():
-            for pname, p in sub.named_parameters(recurse=False):
-                if not p.requires_grad or id(p) in seen:
-                    continue
-                seen.add(id(p))
-                skip = pname.endswith("bias") or isinstance(sub, _NORMS)
-                (no_decay if skip else decay).append(p)
-    groups = []
-    for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, "_no_decay")):
-        if params:
-            g: dict[str, Any] = {"params": params, "weight_decay": wd}
-            if lr is not None:
-                g["lr"] = lr
-            if name is not None:
-                g["name"] = name + suffix
-            groups.append(g)
-    return groups
-
-
-def cosine_warm_restarts(
-    optimizer: torch.optim.Optimizer,
-    total_steps: float | None,
-    max_epochs: int,
-    cycles: int = 3,
-    t_mult: int = 2,
-    eta_min_ratio: float = 0.01,
-) -> dict[str, Any]:
-    """Lightning scheduler config for cosine annealing with warm restarts.
-
-    ``cycles`` cycles of lengths ``T0, T0 t_mult, T0 t_mult^2, ...`` cover the
-    run: ``T0 = ceil(total / sum_k t_mult^k)``, so the last cycle ends at (or
-    just after) the last step and no restart happens in the final steps. Each
-    cycle decays every group's lr from its base value to ``eta_min_ratio``
-    times the smallest base lr (Loshchilov & Hutter 2017, arXiv:1608.03983).
-
-    Parameters
-    ----------
-    optimizer : torch.optim.Optimizer
-    total_steps : float or None
-        Optimiser steps of the run (``trainer.estimated_stepping_batches``);
-        None or inf: schedule per epoch over ``max_epochs`` instead.
-    max_epochs : int
-    cycles : int
-        Number of cosine cycles (1 = plain cosine annealing).
-    t_mult : int
-        Growth factor of the cycle length.
-    eta_min_ratio : float
-        Final lr of each cycle as a fraction of the smallest base lr.
-
-    Returns
-    -------
-    dict
-        ``{"scheduler": CosineAnnealingWarmRestarts, "interval": "step" | "epoch"}``.
-    """
-    if total_steps is not None and math.isfinite(total_steps) and total_steps >= 1:
-        total, interval = int(total_steps), "step"
-    else:
-        total, interval = int(max_epochs), "epoch"
-    span = sum(t_mult**k for k in range(max(1, cycles)))
-    t0 = max(1, math.ceil(total / span))
-    eta_min = eta_min_ratio * min(g["lr"] for g in optimizer.param_groups)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=t0, T_mult=t_mult, eta_min=eta_min
-    )
-    return {"scheduler": sched, "interval": interval}
-
-
-def _estimated_steps(module: L.LightningModule) -> float | None:
-    trainer = module._trainer
-    if trainer is None:
-        return None
-    try:
-        return float(trainer.estimated_stepping_batches)
-    except Exception:  # no dataloader length known yet
-        return None
 
 
 # --------------------------------------------------------------------------- task
@@ -484,7 +421,7 @@ class MaskedReconstructionTask(L.LightningModule):
     ----------
     model : MaskedAutoencoder
         Saved under ``model.*`` in checkpoints (what
-        :func:`astrobatch.tasks.quantile.load_pretrained_encoder` loads).
+        :func:`astrobatch.tasks.finetune.load_pretrained_encoder` loads).
     xp_idx : sequence of int
         Feature columns of the XP block.
     recon_idx : sequence of int, optional
@@ -507,7 +444,8 @@ class MaskedReconstructionTask(L.LightningModule):
     max_epochs : int
         Fallback length of the schedule when the step count is unknown.
     restart_cycles, restart_mult : int
-        Cosine warm-restart cycles and their growth factor (:func:`cosine_warm_restarts`).
+        Cosine warm-restart cycles and their growth factor
+        (:func:`~astrobatch.tasks.optim.cosine_warm_restarts`).
     seed : int
         Seed of the masks (with stage, epoch, batch index and rank).
 
@@ -547,8 +485,8 @@ class MaskedReconstructionTask(L.LightningModule):
             )
         if loss not in ("mae", "mse"):
             raise ValueError(f"loss must be 'mae' or 'mse', got {loss!r}")
-        xp = _index(xp_idx, nf, "xp_idx")
-        _index(force_mask_idx, nf, "force_mask_idx")
+        xp = column_indices(xp_idx, nf, "xp_idx")
+        column_indices(force_mask_idx, nf, "force_mask_idx")
         self.model = model
         self.save_hyperparameters(
             {
@@ -579,41 +517,6 @@ class MaskedReconstructionTask(L.LightningModule):
                 for s in ("val", "test")
                 for m in ("loss", "mae_xp")
             }
-        )
-
-    @classmethod
-    def from_params(
-        cls,
-        model: MaskedAutoencoder,
-        masking: MaskingParams,
-        pretrain: PretrainParams,
-        *,
-        xp_idx: Sequence[int],
-        recon_idx: Sequence[int] | None = None,
-        force_mask_idx: Sequence[int] = (),
-        seed: int = 0,
-    ) -> MaskedReconstructionTask:
-        """Build the task from ``stellar_xp.masking`` and ``stellar_xp.pretrain`` params.
-
-        ``force_mask_idx`` are the column indices of ``masking.force_mask_cols``
-        (resolved by the caller, who knows the feature order).
-        """
-        t = pretrain.training
-        return cls(
-            model,
-            xp_idx=xp_idx,
-            recon_idx=recon_idx,
-            force_mask_idx=force_mask_idx,
-            xp_masking_ratio=masking.xp_masking_ratio,
-            m_masking_ratio=masking.m_masking_ratio,
-            fill_value=masking.fill_value,
-            perturb_errors=masking.perturb_errors,
-            loss=pretrain.loss,
-            error_weighted=pretrain.error_weighted,
-            lr=t.lr,
-            weight_decay=t.weight_decay,
-            max_epochs=t.max_epochs,
-            seed=seed,
         )
 
     # ------------------------------------------------------------------ core
@@ -660,7 +563,7 @@ class MaskedReconstructionTask(L.LightningModule):
         return out
 
     def _loss_terms(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return _recon_terms(
+        return reconstruction_terms(
             out["recon"],
             out["target"],
             out["mask"],
@@ -672,7 +575,7 @@ class MaskedReconstructionTask(L.LightningModule):
 
     def _xp_terms(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         sel = out["mask"] & self._xp_recon
-        return _recon_terms(out["recon"], out["target"], sel, None, "mae", None, 0.0)
+        return reconstruction_terms(out["recon"], out["target"], sel, None, "mae", None, 0.0)
 
     def training_step(self, batch, batch_idx):
         """Masked-reconstruction loss of one batch (``train/loss``, per epoch)."""
@@ -716,7 +619,7 @@ class MaskedReconstructionTask(L.LightningModule):
         h = self.hparams
         opt = torch.optim.AdamW(decay_param_groups(self.model, h.weight_decay), lr=h.lr)
         sched = cosine_warm_restarts(
-            opt, _estimated_steps(self), h.max_epochs, h.restart_cycles, h.restart_mult
+            opt, estimated_steps(self), h.max_epochs, h.restart_cycles, h.restart_mult
         )
         return {"optimizer": opt, "lr_scheduler": sched}
 

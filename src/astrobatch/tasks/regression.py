@@ -1,7 +1,8 @@
 """Scalar regression of a set, image (or any) model with the Huber or MSE loss.
 
-Loss: Huber (``huber_delta``) or mean squared error on scaled targets; optimiser AdamW;
-cosine annealing of the learning rate over ``max_epochs`` (stepped per epoch).
+Loss: Huber (``huber_delta``) or mean squared error on scaled targets; optimiser AdamW
+(weight decay on every parameter); cosine annealing of the learning rate over
+``max_epochs``, stepped per epoch (:func:`astrobatch.tasks.optim.cosine_annealing`).
 Logged: ``train/loss`` (per epoch), ``val/loss``, ``val/mae`` (model space),
 ``lr``; logged on rank 0 only, reduced across ranks (``sync_dist``), so
 metrics mean the same whatever the device count.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import nn
+
+from astrobatch.tasks.optim import cosine_annealing
 
 
 class RegressionTask(L.LightningModule):
@@ -87,8 +90,7 @@ class RegressionTask(L.LightningModule):
         opt = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.hparams.max_epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return {"optimizer": opt, "lr_scheduler": cosine_annealing(opt, self.hparams.max_epochs)}
 
 
 @torch.no_grad()

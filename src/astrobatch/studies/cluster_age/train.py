@@ -135,27 +135,32 @@ def train(
     live_dir: str | Path,
     callbacks: list[Callback] | None = None,
 ) -> dict:
-    """Train the cluster_age CNN.
+    """Train the cluster_age CNN on masked, stretched and normalised cutouts.
 
     Parameters
     ----------
     params : ClusterAgeParams
-        ``mask``, ``model``, ``training``, ``seed``.
+        ``mask`` (blackout type and radius), ``model`` (1im/5im, widths), ``training``
+        (normalisation, stretch, augmentation, control, optimiser) and ``seed``.
     prepared_dir : path
-        Output of prepare.
-    model_dir, live_dir : path
-        Checkpoints (+ ``normalisation.json``) and DVCLive curves.
+        The folder ``astrobatch cluster-age prepare`` wrote (``{train,val,test}.h5`` with
+        ``images`` and ``log_age``, ``manifest.json`` with the target's min and max).
+    model_dir : path
+        Receives ``best.ckpt``, ``last.ckpt``, ``train_state.json`` and
+        ``normalisation.json`` (the statistics of the masked training images).
+    live_dir : path
+        DVCLive curves of the MSE on min-max scaled log age.
     callbacks : list of lightning Callback, optional
 
     Returns
     -------
     dict
-        Final training state (see :func:`astrobatch.train.fit`).
+        The finished run's state: best val loss, epochs trained, resumed or not.
 
     Raises
     ------
     InputError
-        Missing or corrupted prepared data.
+        A missing manifest or shard, or a shard without ``images``/``log_age``.
     """
     prepared_dir = Path(prepared_dir)
     read_manifest(prepared_dir)

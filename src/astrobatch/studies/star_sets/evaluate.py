@@ -28,8 +28,8 @@ from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, load_scaler
 from astrobatch.data.sets import SetDataModule, padded_sample
 from astrobatch.evaluate import metrics as M
 from astrobatch.evaluate import plots
-from astrobatch.nn.sets import build_set_model
 from astrobatch.studies.star_sets.params import StarSetsParams
+from astrobatch.studies.star_sets.train import build_model
 from astrobatch.study import write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
@@ -170,7 +170,7 @@ def evaluate(
     dm = SetDataModule(
         prepared_dir, params.sampling, params.training.batch_size, params.seed, num_workers=0
     )
-    model = build_set_model(params.model, in_features=len(fscaler.features))
+    model = build_model(params.model, in_features=len(fscaler.features))
     load_model_weights(model, Path(model_dir) / "best.ckpt")
 
     train_log = tscaler.to_log_space(dm.dataset("train").y)

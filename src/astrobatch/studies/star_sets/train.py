@@ -5,13 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 
 from astrobatch.data.sets import SetDataModule
 from astrobatch.errors import InputError
 from astrobatch.nn.sets import build_set_model
-from astrobatch.studies.star_sets.params import StarSetsParams
+from astrobatch.studies.star_sets.params import SetModelParams, StarSetsParams
 from astrobatch.tasks.regression import RegressionTask
 from astrobatch.train import train_model
+
+
+def build_model(model: SetModelParams, in_features: int) -> nn.Module:
+    """The set model of ``star_sets.model`` for elements of ``in_features`` features.
+
+    Parameters
+    ----------
+    model : SetModelParams
+        Which model (``name``) and its sizes, passed to
+        :func:`astrobatch.nn.sets.build_set_model` field by field.
+    in_features : int
+        Features per star (the prepared feature columns).
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps ``(B, N, in_features)`` and a ``(B, N)`` bool mask to ``(B, 1)``.
+    """
+    return build_set_model(in_features=in_features, **model.model_dump())
 
 
 def train(
@@ -26,22 +46,28 @@ def train(
     Parameters
     ----------
     params : StarSetsParams
-        ``model``, ``sampling``, ``training`` and ``seed`` are used.
+        ``model`` (which set model and its sizes), ``sampling`` (stars per draw,
+        draws per snapshot, random dropping), ``training`` and ``seed``.
     prepared_dir : path
-        Output of prepare (``{train,val,test}.h5``, ``scalers.json``, ``manifest.json``).
-    model_dir, live_dir : path
-        Checkpoints and DVCLive curves.
+        The folder ``astrobatch star-sets prepare`` wrote: ``{train,val,test}.h5``,
+        ``scalers.json``, ``manifest.json``.
+    model_dir : path
+        Receives ``best.ckpt`` (lowest ``val/loss``), ``last.ckpt`` and
+        ``train_state.json``.
+    live_dir : path
+        DVCLive curves (``train/loss``, ``val/loss`` per epoch).
     callbacks : list of lightning Callback, optional
+        Extra Lightning callbacks (the tests interrupt a run with one).
 
     Returns
     -------
     dict
-        Final training state (see :func:`astrobatch.train.fit`).
+        ``train_state.json`` of the finished run (best val loss, epochs, resumed or not).
 
     Raises
     ------
     InputError
-        Missing or corrupted prepared data.
+        ``manifest.json`` or ``scalers.json`` missing, or corrupted shards.
     """
     prepared_dir = Path(prepared_dir)
     for name in ("manifest.json", "scalers.json"):
@@ -55,7 +81,7 @@ def train(
     t = params.training
 
     def build_task() -> RegressionTask:
-        model = build_set_model(params.model, in_features=n_features)
+        model = build_model(params.model, in_features=n_features)
         return RegressionTask(model, t.lr, t.weight_decay, t.huber_delta, t.max_epochs)
 
     return train_model(

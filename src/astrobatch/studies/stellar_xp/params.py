@@ -125,6 +125,9 @@ class FinetuneParams(Strict):
     head_hidden: list[int] = Field(default_factory=lambda: [256, 128])
     lr_encoder: float = Field(3e-4, gt=0)
     lr_head: float = Field(1e-3, gt=0)
+    head_only_epochs: int = Field(
+        0, ge=0, description="epochs with the encoder frozen before it trains (0 = none)"
+    )
     recon_weight: float = Field(0.0, ge=0, description="multitask reconstruction loss weight")
     two_pass_parallax: bool = Field(True, description="parallax from a pass with parallax masked")
     parallax_mle_weight: float = Field(0.0, ge=0)

@@ -2,8 +2,10 @@
 
 Pretraining (:func:`pretrain`) fits :class:`~astrobatch.tasks.masked.MaskedReconstructionTask`
 on the streamed pretraining shards; fine-tuning (:func:`finetune`) starts from its best
-checkpoint and fits :class:`~astrobatch.tasks.quantile.QuantileFinetuneTask` on the labelled
-shards (encoder and head with separate learning rates, two-pass leakage-free parallax).
+checkpoint and fits :class:`~astrobatch.studies.stellar_xp.finetune.StellarXPFinetuneTask` on
+the labelled shards (encoder and head with separate learning rates, two-pass leakage-free
+parallax). The modules come from :mod:`astrobatch.nn` built from plain arguments (this
+module passes the params' fields), the objectives from :mod:`astrobatch.tasks`.
 Both go through the shared driver :func:`astrobatch.train.fit` (best/last checkpoints, early
 stopping, DVCLive curves, auto-resume).
 """
@@ -19,11 +21,13 @@ from astrobatch.data.scalers import load_table_scalers
 from astrobatch.data.tables import TableDataModule
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import read_manifest
-from astrobatch.nn.autoencoder import MaskedAutoencoder, QuantileHead, build_autoencoder
+from astrobatch.nn.autoencoder import MaskedAutoencoder
+from astrobatch.nn.heads import QuantileHead
 from astrobatch.studies.stellar_xp.columns import indices
+from astrobatch.studies.stellar_xp.finetune import StellarXPFinetuneTask
 from astrobatch.studies.stellar_xp.params import StellarXPParams
+from astrobatch.tasks.finetune import load_pretrained_encoder
 from astrobatch.tasks.masked import MaskedReconstructionTask
-from astrobatch.tasks.quantile import QuantileFinetuneTask, load_pretrained_encoder
 from astrobatch.train import train_model
 
 
@@ -32,10 +36,23 @@ def _inputs(prepared_dir: Path) -> list[Path]:
 
 
 def build_model(params: StellarXPParams, manifest: dict) -> MaskedAutoencoder:
-    """The masked autoencoder for the prepared feature set."""
-    return build_autoencoder(
-        params.model, len(manifest["features"]), manifest["n_recon"],
-        params.masking.mask_indicators,
+    """The masked autoencoder of ``stellar_xp.model`` for the prepared feature set.
+
+    Parameters
+    ----------
+    params : StellarXPParams
+        ``model`` (passed field by field) and ``masking.mask_indicators``.
+    manifest : dict
+        The prepared ``manifest.json``: ``features`` (column names) and
+        ``n_recon`` (reconstructed prefix length).
+
+    Returns
+    -------
+    MaskedAutoencoder
+    """
+    return MaskedAutoencoder(
+        n_features=len(manifest["features"]), n_recon=manifest["n_recon"],
+        mask_indicators=params.masking.mask_indicators, **params.model.model_dump(),
     )  # fmt: skip
 
 
@@ -58,10 +75,16 @@ def force_mask_indices(params: StellarXPParams, manifest: dict) -> list[int]:
 def build_pretrain_task(params: StellarXPParams, manifest: dict) -> MaskedReconstructionTask:
     """The masked-reconstruction task of params (weights seeded by ``params.seed``)."""
     L.seed_everything(params.seed, workers=True, verbose=False)
-    return MaskedReconstructionTask.from_params(
-        build_model(params, manifest), params.masking, params.pretrain,
+    m, p = params.masking, params.pretrain
+    return MaskedReconstructionTask(
+        build_model(params, manifest),
         xp_idx=manifest["xp_indices"], recon_idx=list(range(manifest["n_recon"])),
-        force_mask_idx=force_mask_indices(params, manifest), seed=params.seed,
+        force_mask_idx=force_mask_indices(params, manifest),
+        xp_masking_ratio=m.xp_masking_ratio, m_masking_ratio=m.m_masking_ratio,
+        fill_value=m.fill_value, perturb_errors=m.perturb_errors,
+        loss=p.loss, error_weighted=p.error_weighted,
+        lr=p.training.lr, weight_decay=p.training.weight_decay,
+        max_epochs=p.training.max_epochs, seed=params.seed,
     )  # fmt: skip
 
 
@@ -85,22 +108,26 @@ def pretrain(
     Parameters
     ----------
     params : StellarXPParams
-        ``model``, ``masking``, ``pretrain``, ``seed``.
+        ``model`` (embedding, widths, latent size), ``masking`` (XP-row and element-wise
+        ratios), ``pretrain`` (loss, error weighting, training) and ``seed``.
     prepared_dir : path
-        Output of prepare.
-    model_dir, live_dir : path
-        Checkpoints and DVCLive curves.
+        The folder ``astrobatch stellar-xp prepare`` wrote (``pretrain_*.h5`` shards read
+        chunk by chunk, ``scalers.json``, ``manifest.json``).
+    model_dir : path
+        ``best.ckpt`` (lowest masked-reconstruction ``val/loss``), ``last.ckpt``.
+    live_dir : path
+        DVCLive curves of the masked-reconstruction loss.
     callbacks : list of lightning Callback, optional
 
     Returns
     -------
     dict
-        Final training state (see :func:`astrobatch.train.fit`).
+        The finished run's state (:func:`astrobatch.train.fit`).
 
     Raises
     ------
     InputError
-        Missing prepared data.
+        Missing prepared data, or ``force_mask_cols`` that are not features.
     """
     prepared_dir = Path(prepared_dir)
     manifest = read_manifest(prepared_dir)
@@ -124,13 +151,13 @@ def parallax_label_scale(prepared_dir: Path, manifest: dict) -> tuple[float, flo
 
 def build_finetune_task(
     params: StellarXPParams, manifest: dict, prepared_dir: Path, pretrained: MaskedAutoencoder
-) -> QuantileFinetuneTask:
+) -> StellarXPFinetuneTask:
     """The quantile fine-tuning task around a (pretrained) autoencoder."""
     L.seed_everything(params.seed + 1, workers=True, verbose=False)  # head weights
     head = QuantileHead(
         params.model.latent_dim, len(manifest["labels"]), hidden=params.finetune.head_hidden
     )
-    return QuantileFinetuneTask.from_params(
+    return StellarXPFinetuneTask.from_params(
         pretrained, head, params.finetune, params.masking,
         xp_idx=manifest["xp_indices"],
         parallax_feature_idx=manifest.get("parallax_index"),
