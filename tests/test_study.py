@@ -99,6 +99,28 @@ def test_generated_options_and_defaults(toy, tmp_path, monkeypatch):
         assert opt in help_text
 
 
+def test_a_paths_parameter_gets_the_folders_as_study_paths(tmp_path, monkeypatch):
+    study = Study("stellar_xp", help="toy")
+    got = {}
+
+    @study.stage("finetune", out="models", out_default=study.paths.models / "ft",
+                 inputs={"prepared": None, "pretrained": tmp_path / "pre"})  # fmt: skip
+    def finetune_cmd(p, paths, verbose: bool = False):
+        """Toy fine-tuning."""
+        got.update(paths=paths, verbose=verbose)
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    r = CliRunner().invoke(study.app, ["--prepared", str(tmp_path / "prep"), "--verbose"])
+    assert r.exit_code == 0, r.output
+    paths = got["paths"]
+    assert isinstance(paths, StudyPaths) and got["verbose"] is True
+    assert paths.models == Path("models/stellar_xp/ft")  # --out fills the field of its kind
+    assert paths.prepared == tmp_path / "prep" and paths.pretrained == tmp_path / "pre"
+    assert paths.live == Path("dvclive/stellar_xp")  # not an option: the study's default
+    with pytest.raises(ValueError, match="not set"):
+        StudyPaths(prepared=tmp_path).need("prepared", "models")
+
+
 def test_bad_params_exit_2_with_one_line(toy, tmp_path):
     study, _ = toy
     bad = tmp_path / "params.yaml"

@@ -7,9 +7,9 @@ its DVC stages on it::
     study = Study("star_sets", help="Star-cluster mass from sets of member stars.")
 
     @study.stage("train", out="models", inputs=("prepared", "live"), resume="training")
-    def train_cmd(p, prepared, out, live):
+    def train_cmd(p, paths):
         \"\"\"Train the set model (this docstring is the command's --help).\"\"\"
-        return train(p, prepared, out, live)
+        return train(p, paths)  # reads paths.prepared, writes paths.models and paths.live
 
 The kit gives every study:
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,27 +52,44 @@ log = logging.getLogger("astrobatch.study")
 class StudyPaths:
     """Where a study's DVC inputs and outputs live, derived from its name.
 
+    Every study function of a stage takes one of these (``train(params, paths)``,
+    ``evaluate(params, paths)``) and reads the fields it needs; the stage command fills
+    them from its folder options, the defaults being :meth:`for_study`.
+
     Attributes
     ----------
-    raw, prepared, models, live, plots, reports : pathlib.Path
+    raw, prepared, models, live, plots, reports : pathlib.Path or None
         ``data/raw/<name>``, ``data/prepared/<name>``, ``models/<name>``,
         ``dvclive/<name>``, ``plots/<name>``, ``reports/<name>`` (folders).
-    metrics : pathlib.Path
+    metrics : pathlib.Path or None
         ``metrics/<name>.json`` (flat metrics of the study's evaluate stage).
+    pretrained : pathlib.Path or None
+        Checkpoint folder of a pretrained model that a stage starts from (stellar_xp's
+        fine-tuning and evaluation); None where a study has none.
 
     Examples
     --------
     >>> StudyPaths.for_study("star_sets").models.as_posix()
     'models/star_sets'
+    >>> p = StudyPaths(prepared=Path("prep"), models=Path("m"))
+    >>> p.need("prepared", "models"), p.live
+    ((PosixPath('prep'), PosixPath('m')), None)
     """
 
-    raw: Path
-    prepared: Path
-    models: Path
-    live: Path
-    metrics: Path
-    plots: Path
-    reports: Path
+    raw: Path | None = None
+    prepared: Path | None = None
+    models: Path | None = None
+    live: Path | None = None
+    metrics: Path | None = None
+    plots: Path | None = None
+    reports: Path | None = None
+    pretrained: Path | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None and not isinstance(v, Path):
+                object.__setattr__(self, f.name, Path(v))
 
     @classmethod
     def for_study(cls, name: str, root: str | Path = ".") -> StudyPaths:
@@ -87,6 +104,19 @@ class StudyPaths:
             plots=r / "plots" / name,
             reports=r / "reports" / name,
         )
+
+    def need(self, *kinds: str) -> tuple[Path, ...]:
+        """The paths of ``kinds``, in order.
+
+        Raises
+        ------
+        ValueError
+            One of them is not set (a programming error: the stage does not pass it).
+        """
+        missing = [k for k in kinds if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"StudyPaths: {missing} not set")
+        return tuple(getattr(self, k) for k in kinds)
 
 
 #: Help text of the kit's folder options (``--<name>``).
@@ -193,9 +223,12 @@ class Study:
 
         Notes
         -----
-        The decorated function is called as ``f(p, **folders, **extra)``: ``p`` the
-        validated params section, ``folders`` the folder options by name (``out`` included),
-        ``extra`` any further Typer options the function declares after ``p``. Its
+        The decorated function is called as ``f(p, paths, **extra)`` when its second
+        parameter is named ``paths``: ``p`` the validated params section, ``paths`` the
+        study's :class:`StudyPaths` with the folder options applied (``--out`` sets the
+        field of kind ``out``), ``extra`` any further Typer options it declares. Otherwise
+        it is called as ``f(p, **folders, **extra)`` (``folders`` by option name, ``out``
+        included: simulate and prepare, whose output is a file or a new folder). Its
         docstring is the command's ``--help``. A returned dict with ``best_val_loss`` (a
         training state) is logged as one line.
         """
@@ -212,7 +245,8 @@ class Study:
 
         def deco(f: Callable) -> Callable:
             own = list(inspect.signature(f, eval_str=True).parameters.values())[1:]
-            extra = [q for q in own if q.name not in folders]
+            takes_paths = bool(own) and own[0].name == "paths"
+            extra = [q for q in own[int(takes_paths) :] if q.name not in folders]
             sig_params = [
                 inspect.Parameter("params", inspect.Parameter.KEYWORD_ONLY,
                                   default=DEFAULT_PARAMS, annotation=ParamsOption),
@@ -239,7 +273,11 @@ class Study:
             def command(**kwargs: Any) -> Any:
                 flag = kwargs.pop("resume", None)
                 p = self.load(kwargs.pop("params"), flag, resume or "training")
-                result = f(p, **kwargs)
+                if takes_paths:
+                    given = {(out if k == "out" else k): kwargs.pop(k) for k in folders}
+                    result = f(p, replace(self.paths, **given), **kwargs)
+                else:
+                    result = f(p, **kwargs)
                 if isinstance(result, dict) and "best_val_loss" in result:
                     log.info("%s %s: best val/loss %s after %d epochs", self.name, name,
                              result["best_val_loss"], result["epochs_trained"])  # fmt: skip

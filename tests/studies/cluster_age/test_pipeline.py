@@ -15,6 +15,7 @@ from astrobatch.io.cutouts import write_cutouts
 from astrobatch.params import ImageSplitParams
 from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.studies.cluster_age.prepare import prepare, split_by_galaxy, split_random
+from astrobatch.study import StudyPaths
 from tests.conftest import ROOT
 
 CATALOGUE = ROOT / "data" / "external" / "cluster_age" / "ngc628_Catalog.csv"
@@ -124,14 +125,15 @@ def test_train_evaluate_end_to_end(raw_file, tmp_path):
         model={"input": "1im"},
     )
     prepare(p.data, tmp_path / "prep")
-    state = train(p, tmp_path / "prep", tmp_path / "models", tmp_path / "live")
+    paths = StudyPaths(
+        prepared=tmp_path / "prep", models=tmp_path / "models", live=tmp_path / "live",
+        metrics=tmp_path / "m.json", plots=tmp_path / "plots", reports=tmp_path / "rep",
+    )  # fmt: skip
+    state = train(p, paths)
     assert state["complete"] and (tmp_path / "models" / "best.ckpt").is_file()
     norm = json.loads((tmp_path / "models" / "normalisation.json").read_text())
     assert len(norm["stats"]["channel_min"]) == 1  # 1im: one channel
-    m = evaluate(
-        p, tmp_path / "prep", tmp_path / "models", tmp_path / "live", tmp_path / "m.json",
-        tmp_path / "plots", tmp_path / "rep",
-    )  # fmt: skip
+    m = evaluate(p, paths)
     for k in ("test/mdae_log_age", "val/r2_log_age", "test_inner/mae_log_age",
               "baseline/mean/test/mdae_log_age", "baseline/random/test/mdae_log_age",
               "baseline/photometric/test/rmse_log_age"):  # fmt: skip

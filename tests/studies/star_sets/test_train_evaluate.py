@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from astrobatch.studies.star_sets.evaluate import evaluate
 from astrobatch.studies.star_sets.train import train
+from astrobatch.study import StudyPaths
 from tests.conftest import shared_data_dir, tiny_params
 
 
@@ -30,6 +31,15 @@ class Interrupt(Callback):
             raise Preempted("simulated preemption")
 
 
+def _paths(prepared, models, live, out=None):
+    """Training paths (and, with ``out``, evaluation outputs below it)."""
+    evaluation = {}
+    if out is not None:
+        evaluation = {"metrics": out / "metrics.json", "plots": out / "plots",
+                      "reports": out / "reports"}  # fmt: skip
+    return StudyPaths(prepared=prepared, models=models, live=live, **evaluation)
+
+
 def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
@@ -37,12 +47,12 @@ def _weights(path):
 @pytest.mark.parametrize("model", ["deep_sets", "set_transformer"])
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_prepared, model):
     p = tiny_params(model={"name": model}, training={"max_epochs": 4, "patience": 10})
-    full = train(p, tiny_prepared, tmp_path / "full", tmp_path / "live_full")
+    full = train(p, _paths(tiny_prepared, tmp_path / "full", tmp_path / "live_full"))
     with pytest.raises(Preempted):
-        train(p, tiny_prepared, tmp_path / "cut", tmp_path / "live_cut", callbacks=[Interrupt(2)])
+        train(p, _paths(tiny_prepared, tmp_path / "cut", tmp_path / "live_cut"), [Interrupt(2)])
     state = json.loads((tmp_path / "cut/train_state.json").read_text())
     assert state["complete"] is False and (tmp_path / "cut/last.ckpt").is_file()
-    resumed = train(p, tiny_prepared, tmp_path / "cut", tmp_path / "live_cut")
+    resumed = train(p, _paths(tiny_prepared, tmp_path / "cut", tmp_path / "live_cut"))
     assert resumed["resumed"] is True and full["resumed"] is False
     assert resumed["global_step"] == full["global_step"]
     assert resumed["best_val_loss"] == pytest.approx(full["best_val_loss"], rel=1e-6)
@@ -57,18 +67,18 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_prepared
 def test_changed_params_start_fresh(tmp_path, tiny_prepared):
     p = tiny_params(training={"max_epochs": 2})
     with pytest.raises(Preempted):
-        train(p, tiny_prepared, tmp_path / "m", tmp_path / "l", callbacks=[Interrupt(1)])
+        train(p, _paths(tiny_prepared, tmp_path / "m", tmp_path / "l"), [Interrupt(1)])
     q = tiny_params(training={"max_epochs": 2, "lr": 1e-3})
-    assert train(q, tiny_prepared, tmp_path / "m", tmp_path / "l")["resumed"] is False
+    assert train(q, _paths(tiny_prepared, tmp_path / "m", tmp_path / "l"))["resumed"] is False
 
 
 def test_same_seed_same_result(tmp_path, tiny_prepared):
     p = tiny_params(training={"max_epochs": 2})
-    a = train(p, tiny_prepared, tmp_path / "a", tmp_path / "la")
-    b = train(p, tiny_prepared, tmp_path / "b", tmp_path / "lb")
+    a = train(p, _paths(tiny_prepared, tmp_path / "a", tmp_path / "la"))
+    b = train(p, _paths(tiny_prepared, tmp_path / "b", tmp_path / "lb"))
     assert a["best_val_loss"] == b["best_val_loss"]
-    c = train(tiny_params(seed=4, training={"max_epochs": 2}), tiny_prepared, tmp_path / "c",
-              tmp_path / "lc")  # fmt: skip
+    c = train(tiny_params(seed=4, training={"max_epochs": 2}),
+              _paths(tiny_prepared, tmp_path / "c", tmp_path / "lc"))  # fmt: skip
     assert c["best_val_loss"] != a["best_val_loss"]
 
 
@@ -76,9 +86,9 @@ def test_evaluate_writes_metrics_predictions_plots(tmp_path, tiny_prepared):
     real = shared_data_dir() / "star_sets"
     files = [str(real / "conf.3_0"), str(real / "conf.3_20")]
     p = tiny_params(training={"max_epochs": 3}, evaluate={"real_snapshots": files})
-    train(p, tiny_prepared, tmp_path / "m", tmp_path / "live")
-    m = evaluate(p, tiny_prepared, tmp_path / "m", tmp_path / "live", tmp_path / "metrics.json",
-                 tmp_path / "plots", tmp_path / "reports")  # fmt: skip
+    paths = _paths(tiny_prepared, tmp_path / "m", tmp_path / "live", tmp_path)
+    train(p, paths)
+    m = evaluate(p, paths)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == pytest.approx(m)
     for k in ("test/mae_log_mass", "test/rmse_mass", "test/median_ae_mass", "test/p90_ae_log_mass",
@@ -129,9 +139,12 @@ def learnable(tmp_path_factory):
 def test_learned_model_beats_median_baseline(learnable, model):
     p, d = learnable
     p = p.model_copy(update={"model": p.model.model_copy(update={"name": model})})
-    train(p, d / "prep", d / model, d / f"{model}_live")
-    m = evaluate(p, d / "prep", d / model, d / f"{model}_live", d / f"{model}.json",
-                 d / f"{model}_plots", d / f"{model}_reports")  # fmt: skip
+    paths = StudyPaths(
+        prepared=d / "prep", models=d / model, live=d / f"{model}_live",
+        metrics=d / f"{model}.json", plots=d / f"{model}_plots", reports=d / f"{model}_reports",
+    )  # fmt: skip
+    train(p, paths)
+    m = evaluate(p, paths)
     # on the default data set (10x larger) the gain is ~75%; on this small one ask for 20%
     assert m["test/mae_log_mass"] < 0.8 * m["baseline/median/test/mae_log_mass"]
     assert m["test/snapshot/spearman"] > 0.5

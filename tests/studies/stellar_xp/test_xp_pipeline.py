@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from astrobatch.cli import app
 from astrobatch.data.tables import TableArrayDataset
 from astrobatch.studies.stellar_xp.prepare import normalise_xp
+from astrobatch.study import StudyPaths
 from tests.studies.stellar_xp.conftest import tiny_xp_params
 
 
@@ -33,6 +34,15 @@ def _tiny_training(params):
     )
 
 
+def _paths(prepared, d, out=None):
+    """Fine-tuning (and, with ``out``, evaluation) paths: pretrained d/pre, fine-tuned d/ft."""
+    evaluation = {}
+    if out is not None:
+        evaluation = {"metrics": out / "m.json", "plots": out / "plots", "reports": out / "rep"}
+    return StudyPaths(prepared=prepared, pretrained=d / "pre", models=d / "ft",
+                      live=d / "live_ft", **evaluation)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, xp_raw, xp_prepared):
     from astrobatch.studies.stellar_xp.train import finetune, pretrain
@@ -41,8 +51,8 @@ def trained(tmp_path_factory, xp_raw, xp_prepared):
     prepared, _ = xp_prepared
     p = _tiny_training(tiny_xp_params(raw))
     d = tmp_path_factory.mktemp("xp_models")
-    s1 = pretrain(p, prepared, d / "pre", d / "live_pre")
-    s2 = finetune(p, prepared, d / "pre", d / "ft", d / "live_ft")
+    s1 = pretrain(p, StudyPaths(prepared=prepared, models=d / "pre", live=d / "live_pre"))
+    s2 = finetune(p, _paths(prepared, d))
     return p, prepared, d, s1, s2
 
 
@@ -74,8 +84,7 @@ def test_pretrain_finetune_evaluate_end_to_end(trained, tmp_path):
 
     p, prepared, d, s1, s2 = trained
     assert s1["complete"] and s2["complete"]
-    m = evaluate(p, prepared, d / "pre", d / "ft", tmp_path / "m.json", tmp_path / "plots",
-                 tmp_path / "rep")  # fmt: skip
+    m = evaluate(p, _paths(prepared, d, tmp_path))
     assert json.loads((tmp_path / "m.json").read_text()) == pytest.approx(m, nan_ok=True)
     for lab in p.data.labels:
         for k in ("r2", "rmse", "mae", "bias", "scatter", "coverage_68", "frac_below_q50"):

@@ -40,7 +40,7 @@ from astrobatch.studies.cluster_age.train import (
     read_manifest,
     unscale_target,
 )
-from astrobatch.study import write_evaluation
+from astrobatch.study import StudyPaths, write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 
@@ -91,26 +91,16 @@ def photometric_baseline(prepared_dir: Path, seed: int) -> tuple[dict[str, np.nd
     return {s: gbr.predict(feats[s]) for s in SPLITS}, source
 
 
-def evaluate(
-    params: ClusterAgeParams,
-    prepared_dir: str | Path,
-    model_dir: str | Path,
-    live_dir: str | Path,
-    metrics_path: str | Path,
-    plots_dir: str | Path,
-    reports_dir: str | Path,
-) -> dict[str, float]:
+def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     """Evaluate the best checkpoint, the baselines and write metrics, tables and plots.
 
     Parameters
     ----------
     params : ClusterAgeParams
-    prepared_dir, model_dir, live_dir : path
-        Outputs of prepare and train.
-    metrics_path : path
-        Flat metrics JSON.
-    plots_dir, reports_dir : path
-        PNG plots; ``predictions.parquet``.
+    paths : StudyPaths
+        Reads ``prepared``, ``models`` and ``live`` (outputs of prepare and train); writes
+        ``plots`` (PNG plots), ``reports`` (``predictions.parquet``) and, last, ``metrics``
+        (the flat metrics JSON).
 
     Returns
     -------
@@ -122,8 +112,8 @@ def evaluate(
     InputError
         Missing prepared data or checkpoint, or a checkpoint that does not match params.
     """
-    prepared_dir, model_dir = Path(prepared_dir), Path(model_dir)
-    plots_dir, reports_dir = Path(plots_dir), Path(reports_dir)
+    prepared_dir, model_dir, live_dir = paths.need("prepared", "models", "live")
+    metrics_path, plots_dir, reports_dir = paths.need("metrics", "plots", "reports")
     manifest = read_manifest(prepared_dir)
     transform = base_transform(params, load_norm_stats(model_dir))
     datasets = make_datasets(params, prepared_dir, transform, for_training=False)

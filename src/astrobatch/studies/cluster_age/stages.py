@@ -56,7 +56,7 @@ def prepare_cmd(p, out) -> None:
 
 
 @study.stage("train", out="models", inputs=("prepared", "live"), resume="training")
-def train_cmd(p, out, prepared, live) -> dict:
+def train_cmd(p, paths) -> dict:
     """Train the CNN (1im or 5im) with the blackout mask and normalisation of PARAMS.
 
     MSE on min-max scaled log age, dihedral augmentation, early stopping with
@@ -65,11 +65,11 @@ def train_cmd(p, out, prepared, live) -> dict:
     """
     from astrobatch.studies.cluster_age.train import train
 
-    return train(p, prepared, out, live)
+    return train(p, paths)
 
 
 @study.stage("evaluate", inputs=("prepared", "models", "live", "metrics", "plots", "reports"))
-def evaluate_cmd(p, prepared, models, live, metrics, plots, reports) -> None:
+def evaluate_cmd(p, paths) -> None:
     """Evaluate the CNN and the baselines (mean, median, random, photometric).
 
     Writes METRICS (MdAE = 1.4826 x median |error|, MAE, RMSE, R2, bias of log
@@ -79,6 +79,6 @@ def evaluate_cmd(p, prepared, models, live, metrics, plots, reports) -> None:
     """
     from astrobatch.studies.cluster_age.evaluate import evaluate
 
-    m = evaluate(p, prepared, models, live, metrics, plots, reports)
+    m = evaluate(p, paths)
     title = f"cluster_age {p.model.input} mask={p.mask.type} R={p.mask.radius}"
     print_summary(title, [(k, m[k]) for k in SUMMARY])

@@ -28,6 +28,7 @@ from astrobatch.errors import InputError
 from astrobatch.io.atomic import read_manifest, write_json
 from astrobatch.nn.cnn import AgeCNN
 from astrobatch.studies.cluster_age.params import ClusterAgeParams
+from astrobatch.study import StudyPaths
 from astrobatch.tasks.regression import RegressionTask
 from astrobatch.train import train_model
 
@@ -129,11 +130,7 @@ def load_norm_stats(model_dir: str | Path) -> NormStats | None:
 
 
 def train(
-    params: ClusterAgeParams,
-    prepared_dir: str | Path,
-    model_dir: str | Path,
-    live_dir: str | Path,
-    callbacks: list[Callback] | None = None,
+    params: ClusterAgeParams, paths: StudyPaths, callbacks: list[Callback] | None = None
 ) -> dict:
     """Train the cluster_age CNN on masked, stretched and normalised cutouts.
 
@@ -142,14 +139,12 @@ def train(
     params : ClusterAgeParams
         ``mask`` (blackout type and radius), ``model`` (1im/5im, widths), ``training``
         (normalisation, stretch, augmentation, control, optimiser) and ``seed``.
-    prepared_dir : path
-        The folder ``astrobatch cluster-age prepare`` wrote (``{train,val,test}.h5`` with
-        ``images`` and ``log_age``, ``manifest.json`` with the target's min and max).
-    model_dir : path
-        Receives ``best.ckpt``, ``last.ckpt``, ``train_state.json`` and
-        ``normalisation.json`` (the statistics of the masked training images).
-    live_dir : path
-        DVCLive curves of the MSE on min-max scaled log age.
+    paths : StudyPaths
+        Reads ``prepared`` (the folder ``astrobatch cluster-age prepare`` wrote:
+        ``{train,val,test}.h5`` with ``images`` and ``log_age``, ``manifest.json`` with the
+        target's min and max); writes ``models`` (``best.ckpt``, ``last.ckpt``,
+        ``train_state.json`` and ``normalisation.json``, the statistics of the masked
+        training images) and ``live`` (DVCLive curves of the MSE on min-max scaled log age).
     callbacks : list of lightning Callback, optional
 
     Returns
@@ -162,7 +157,7 @@ def train(
     InputError
         A missing manifest or shard, or a shard without ``images``/``log_age``.
     """
-    prepared_dir = Path(prepared_dir)
+    prepared_dir, model_dir, live_dir = paths.need("prepared", "models", "live")
     read_manifest(prepared_dir)
     transform = make_transform(params, prepared_dir)
     datasets = make_datasets(params, prepared_dir, transform, for_training=True)

@@ -30,7 +30,7 @@ from astrobatch.evaluate import metrics as M
 from astrobatch.evaluate import plots
 from astrobatch.studies.star_sets.params import StarSetsParams
 from astrobatch.studies.star_sets.train import build_model
-from astrobatch.study import write_evaluation
+from astrobatch.study import StudyPaths, write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 
@@ -128,30 +128,19 @@ def predict_real(
     return metrics, pd.DataFrame(rows)
 
 
-def evaluate(
-    params: StarSetsParams,
-    prepared_dir: str | Path,
-    model_dir: str | Path,
-    live_dir: str | Path,
-    metrics_path: str | Path,
-    plots_dir: str | Path,
-    reports_dir: str | Path,
-) -> dict[str, float]:
+def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
     """Evaluate the best checkpoint on val and test; write metrics, predictions and plots.
 
     Parameters
     ----------
     params : StarSetsParams
-    prepared_dir, model_dir, live_dir : path
-        Inputs: shards + scalers, ``best.ckpt``, DVCLive curves.
-    metrics_path : path
-        Flat metrics JSON (``metrics/star_sets.json``).
-    plots_dir : path
-        ``pred_vs_true.png``, ``residual_hist.png``, ``loss_curves.png``.
-    reports_dir : path
-        ``predictions.parquet`` (``split, snapshot_id, run_id, sample_id,
-        n_stars, prediction, target`` in physical units, plus log10 columns)
-        and ``real_snapshots.csv``.
+    paths : StudyPaths
+        Reads ``prepared`` (shards + scalers), ``models`` (``best.ckpt``) and ``live``
+        (DVCLive curves); writes ``plots`` (``pred_vs_true.png``, ``residual_hist.png``,
+        ``loss_curves.png``), ``reports`` (``predictions.parquet``: ``split, snapshot_id,
+        run_id, sample_id, n_stars, prediction, target`` in physical units, plus log10
+        columns; ``real_snapshots.csv``) and, last, ``metrics`` (the flat metrics JSON,
+        ``metrics/star_sets.json``).
 
     Returns
     -------
@@ -164,7 +153,8 @@ def evaluate(
         Missing prepared data or checkpoint, or a checkpoint that does not
         match the model params.
     """
-    prepared_dir, plots_dir, reports_dir = Path(prepared_dir), Path(plots_dir), Path(reports_dir)
+    prepared_dir, model_dir, live_dir = paths.need("prepared", "models", "live")
+    metrics_path, plots_dir, reports_dir = paths.need("metrics", "plots", "reports")
     fscaler, tscaler = load_scalers(prepared_dir / "scalers.json")
     q = short_name(params.data.target)
     dm = SetDataModule(

@@ -52,7 +52,7 @@ def prepare_cmd(p, out) -> None:
 
 
 @study.stage("train", out="models", inputs=("prepared", "live"), resume="training")
-def train_cmd(p, out, prepared, live) -> dict:
+def train_cmd(p, paths) -> dict:
     """Train the set model chosen by star_sets.model.name.
 
     Models: summary_stats | deep_sets | set_transformer. Huber loss on the
@@ -63,11 +63,11 @@ def train_cmd(p, out, prepared, live) -> dict:
     """
     from astrobatch.studies.star_sets.train import train
 
-    return train(p, prepared, out, live)
+    return train(p, paths)
 
 
 @study.stage("evaluate", inputs=("prepared", "models", "live", "metrics", "plots", "reports"))
-def evaluate_cmd(p, prepared, models, live, metrics, plots, reports) -> None:
+def evaluate_cmd(p, paths) -> None:
     """Evaluate the best checkpoint on val/test and on the real NBODY6++ snapshots.
 
     Writes METRICS (flat JSON: MAE, RMSE, median and 90th-percentile absolute
@@ -79,7 +79,7 @@ def evaluate_cmd(p, prepared, models, live, metrics, plots, reports) -> None:
     """
     from astrobatch.studies.star_sets.evaluate import evaluate
 
-    m = evaluate(p, prepared, models, live, metrics, plots, reports)
+    m = evaluate(p, paths)
     keep = ("test/", "baseline/median/test/mae", "real/")
     rows = [(k, v) for k, v in m.items() if k.startswith(keep) and "/bias" not in k]
     print_summary(f"star_sets {p.model.name}: test", rows)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
@@ -11,6 +9,7 @@ from astrobatch.data.sets import SetDataModule
 from astrobatch.errors import InputError
 from astrobatch.nn.sets import build_set_model
 from astrobatch.studies.star_sets.params import SetModelParams, StarSetsParams
+from astrobatch.study import StudyPaths
 from astrobatch.tasks.regression import RegressionTask
 from astrobatch.train import train_model
 
@@ -35,11 +34,7 @@ def build_model(model: SetModelParams, in_features: int) -> nn.Module:
 
 
 def train(
-    params: StarSetsParams,
-    prepared_dir: str | Path,
-    model_dir: str | Path,
-    live_dir: str | Path,
-    callbacks: list[Callback] | None = None,
+    params: StarSetsParams, paths: StudyPaths, callbacks: list[Callback] | None = None
 ) -> dict:
     """Train a set model on prepared star_sets shards.
 
@@ -48,14 +43,11 @@ def train(
     params : StarSetsParams
         ``model`` (which set model and its sizes), ``sampling`` (stars per draw,
         draws per snapshot, random dropping), ``training`` and ``seed``.
-    prepared_dir : path
-        The folder ``astrobatch star-sets prepare`` wrote: ``{train,val,test}.h5``,
-        ``scalers.json``, ``manifest.json``.
-    model_dir : path
-        Receives ``best.ckpt`` (lowest ``val/loss``), ``last.ckpt`` and
-        ``train_state.json``.
-    live_dir : path
-        DVCLive curves (``train/loss``, ``val/loss`` per epoch).
+    paths : StudyPaths
+        Reads ``prepared`` (the folder ``astrobatch star-sets prepare`` wrote:
+        ``{train,val,test}.h5``, ``scalers.json``, ``manifest.json``); writes ``models``
+        (``best.ckpt`` of the lowest ``val/loss``, ``last.ckpt``, ``train_state.json``)
+        and ``live`` (DVCLive curves of ``train/loss`` and ``val/loss`` per epoch).
     callbacks : list of lightning Callback, optional
         Extra Lightning callbacks (the tests interrupt a run with one).
 
@@ -69,7 +61,7 @@ def train(
     InputError
         ``manifest.json`` or ``scalers.json`` missing, or corrupted shards.
     """
-    prepared_dir = Path(prepared_dir)
+    prepared_dir, model_dir, live_dir = paths.need("prepared", "models", "live")
     for name in ("manifest.json", "scalers.json"):
         if not (prepared_dir / name).is_file():
             raise InputError("missing prepared file (run prepare first)", prepared_dir / name)

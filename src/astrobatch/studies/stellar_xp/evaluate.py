@@ -44,7 +44,7 @@ from astrobatch.studies.stellar_xp.train import (
     build_pretrain_task,
     read_manifest,
 )
-from astrobatch.study import write_evaluation
+from astrobatch.study import StudyPaths, write_evaluation
 from astrobatch.tasks.masked import reconstruction_error
 from astrobatch.train import load_model_weights
 
@@ -156,28 +156,17 @@ def hgb_baseline(
     return gbr.predict(test["x"][:, keep])
 
 
-def evaluate(
-    params: StellarXPParams,
-    prepared_dir: str | Path,
-    pretrained_dir: str | Path,
-    model_dir: str | Path,
-    metrics_path: str | Path,
-    plots_dir: str | Path,
-    reports_dir: str | Path,
-) -> dict[str, float]:
+def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
     """Evaluate the fine-tuned model, the baselines and the pretrained reconstruction.
 
     Parameters
     ----------
     params : StellarXPParams
-    prepared_dir : path
-        Output of prepare.
-    pretrained_dir, model_dir : path
-        ``best.ckpt`` of pretrain and finetune.
-    metrics_path : path
-        Flat metrics JSON.
-    plots_dir, reports_dir : path
-        PNG plots; ``predictions.parquet``, ``residual_bins.csv``.
+    paths : StudyPaths
+        Reads ``prepared`` (output of prepare), ``pretrained`` and ``models``
+        (``best.ckpt`` of pretrain and finetune); writes ``plots`` (PNG plots),
+        ``reports`` (``predictions.parquet``, ``residual_bins.csv``) and, last,
+        ``metrics`` (the flat metrics JSON).
 
     Returns
     -------
@@ -189,9 +178,8 @@ def evaluate(
     InputError
         Missing prepared data or checkpoints, or checkpoints that do not match params.
     """
-    prepared_dir, model_dir = Path(prepared_dir), Path(model_dir)
-    pretrained_dir = Path(pretrained_dir)
-    plots_dir, reports_dir = Path(plots_dir), Path(reports_dir)
+    prepared_dir, pretrained_dir, model_dir = paths.need("prepared", "pretrained", "models")
+    metrics_path, plots_dir, reports_dir = paths.need("metrics", "plots", "reports")
     manifest = read_manifest(prepared_dir)
     labels = manifest["labels"]
     _, lscaler = load_table_scalers(prepared_dir / "scalers.json")

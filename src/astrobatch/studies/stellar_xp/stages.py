@@ -72,7 +72,7 @@ def prepare_cmd(p, out) -> None:
     inputs={"prepared": None, "live": study.paths.live / "pretrain"},
     resume="pretrain.training",
 )  # fmt: skip
-def pretrain_cmd(p, out, prepared, live) -> dict:
+def pretrain_cmd(p, paths) -> dict:
     """Pretrain the masked autoencoder (masked reconstruction of the features).
 
     The XP block of xp_masking_ratio of the rows and other columns element-wise
@@ -80,7 +80,7 @@ def pretrain_cmd(p, out, prepared, live) -> dict:
     """
     from astrobatch.studies.stellar_xp.train import pretrain
 
-    return pretrain(p, prepared, out, live)
+    return pretrain(p, paths)
 
 
 @study.stage(
@@ -88,7 +88,7 @@ def pretrain_cmd(p, out, prepared, live) -> dict:
     inputs={"prepared": None, "pretrained": PRETRAINED, "live": study.paths.live / "finetune"},
     resume="finetune.training",
 )  # fmt: skip
-def finetune_cmd(p, out, prepared, pretrained, live) -> dict:
+def finetune_cmd(p, paths) -> dict:
     """Fine-tune the encoder and the ordered 16/50/84 quantile head (pinball loss).
 
     Separate encoder/head learning rates; two-pass leakage-free parallax
@@ -97,7 +97,7 @@ def finetune_cmd(p, out, prepared, pretrained, live) -> dict:
     """
     from astrobatch.studies.stellar_xp.train import finetune
 
-    return finetune(p, prepared, pretrained, out, live)
+    return finetune(p, paths)
 
 
 @study.stage(
@@ -105,7 +105,7 @@ def finetune_cmd(p, out, prepared, pretrained, live) -> dict:
     inputs={"prepared": None, "pretrained": PRETRAINED, "models": FINETUNED, "metrics": None,
             "plots": None, "reports": None},
 )  # fmt: skip
-def evaluate_cmd(p, prepared, pretrained, models, metrics, plots, reports) -> None:
+def evaluate_cmd(p, paths) -> None:
     """Evaluate labels, quantile calibration, baselines and masked-XP reconstruction.
 
     Writes METRICS (per label R2, RMSE, MAE, robust bias and scatter, coverage of
@@ -116,7 +116,7 @@ def evaluate_cmd(p, prepared, pretrained, models, metrics, plots, reports) -> No
     """
     from astrobatch.studies.stellar_xp.evaluate import evaluate
 
-    m = evaluate(p, prepared, pretrained, models, metrics, plots, reports)
+    m = evaluate(p, paths)
     rows = [
         (lab, m[f"test/{lab}/rmse"], m[f"baseline/median/test/{lab}/rmse"],
          m[f"baseline/hgb/test/{lab}/rmse"], m[f"test/{lab}/scatter"],

@@ -6,7 +6,7 @@ checkpoint and fits :class:`~astrobatch.studies.stellar_xp.finetune.StellarXPFin
 the labelled shards (encoder and head with separate learning rates, two-pass leakage-free
 parallax). The modules come from :mod:`astrobatch.nn` built from plain arguments (this
 module passes the params' fields), the objectives from :mod:`astrobatch.tasks`.
-Both go through the shared driver :func:`astrobatch.train.fit` (best/last checkpoints, early
+Both go through the shared driver :func:`astrobatch.train.train_model` (best/last checkpoints, early
 stopping, DVCLive curves, auto-resume).
 """
 
@@ -26,6 +26,7 @@ from astrobatch.nn.heads import QuantileHead
 from astrobatch.studies.stellar_xp.columns import indices
 from astrobatch.studies.stellar_xp.finetune import StellarXPFinetuneTask
 from astrobatch.studies.stellar_xp.params import StellarXPParams
+from astrobatch.study import StudyPaths
 from astrobatch.tasks.finetune import load_pretrained_encoder
 from astrobatch.tasks.masked import MaskedReconstructionTask
 from astrobatch.train import train_model
@@ -97,11 +98,7 @@ def pretrain_config(params: StellarXPParams) -> list[dict]:
 
 
 def pretrain(
-    params: StellarXPParams,
-    prepared_dir: str | Path,
-    model_dir: str | Path,
-    live_dir: str | Path,
-    callbacks: list[Callback] | None = None,
+    params: StellarXPParams, paths: StudyPaths, callbacks: list[Callback] | None = None
 ) -> dict:
     """Pretrain the masked autoencoder on the streamed pretraining shards.
 
@@ -110,26 +107,24 @@ def pretrain(
     params : StellarXPParams
         ``model`` (embedding, widths, latent size), ``masking`` (XP-row and element-wise
         ratios), ``pretrain`` (loss, error weighting, training) and ``seed``.
-    prepared_dir : path
-        The folder ``astrobatch stellar-xp prepare`` wrote (``pretrain_*.h5`` shards read
-        chunk by chunk, ``scalers.json``, ``manifest.json``).
-    model_dir : path
-        ``best.ckpt`` (lowest masked-reconstruction ``val/loss``), ``last.ckpt``.
-    live_dir : path
-        DVCLive curves of the masked-reconstruction loss.
+    paths : StudyPaths
+        Reads ``prepared`` (the folder ``astrobatch stellar-xp prepare`` wrote:
+        ``pretrain_*.h5`` shards read chunk by chunk, ``scalers.json``, ``manifest.json``);
+        writes ``models`` (``best.ckpt`` of the lowest masked-reconstruction ``val/loss``,
+        ``last.ckpt``) and ``live`` (DVCLive curves of the masked-reconstruction loss).
     callbacks : list of lightning Callback, optional
 
     Returns
     -------
     dict
-        The finished run's state (:func:`astrobatch.train.fit`).
+        The finished run's state (:func:`astrobatch.train.train_model`).
 
     Raises
     ------
     InputError
         Missing prepared data, or ``force_mask_cols`` that are not features.
     """
-    prepared_dir = Path(prepared_dir)
+    prepared_dir, model_dir, live_dir = paths.need("prepared", "models", "live")
     manifest = read_manifest(prepared_dir)
     t = params.pretrain.training
     dm = TableDataModule(prepared_dir, "pretrain", t.batch_size, params.seed, t.num_workers)
@@ -168,12 +163,7 @@ def build_finetune_task(
 
 
 def finetune(
-    params: StellarXPParams,
-    prepared_dir: str | Path,
-    pretrained_dir: str | Path,
-    model_dir: str | Path,
-    live_dir: str | Path,
-    callbacks: list[Callback] | None = None,
+    params: StellarXPParams, paths: StudyPaths, callbacks: list[Callback] | None = None
 ) -> dict:
     """Fine-tune encoder + quantile head on the labelled shards.
 
@@ -181,12 +171,10 @@ def finetune(
     ----------
     params : StellarXPParams
         ``finetune``, ``masking``, ``model``, ``seed``.
-    prepared_dir : path
-        Output of prepare.
-    pretrained_dir : path
-        Output of :func:`pretrain` (``best.ckpt``).
-    model_dir, live_dir : path
-        Checkpoints and DVCLive curves.
+    paths : StudyPaths
+        Reads ``prepared`` (output of prepare) and ``pretrained`` (output of
+        :func:`pretrain`, ``best.ckpt``); writes ``models`` (checkpoints) and ``live``
+        (DVCLive curves).
     callbacks : list of lightning Callback, optional
 
     Returns
@@ -200,7 +188,9 @@ def finetune(
         Missing prepared data or pretrained checkpoint, or a checkpoint that
         does not match the model in params.
     """
-    prepared_dir, pretrained_dir = Path(prepared_dir), Path(pretrained_dir)
+    prepared_dir, pretrained_dir, model_dir, live_dir = paths.need(
+        "prepared", "pretrained", "models", "live"
+    )
     manifest = read_manifest(prepared_dir)
     ckpt = pretrained_dir / "best.ckpt"
     model = load_pretrained_encoder(build_model(params, manifest), ckpt)
