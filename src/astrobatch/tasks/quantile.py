@@ -157,8 +157,10 @@ class QuantileFinetuneTask(FinetuneTask):
         checked against ``label_names``).
     label_names : sequence of str, optional
         Names of the L labels, to log ``val/pinball_<label>``.
-    lr_encoder, lr_head, weight_decay, head_only_epochs, max_epochs, restart_cycles, restart_mult
-        See :class:`~astrobatch.tasks.finetune.FinetuneTask`.
+    **schedule
+        ``lr_encoder``, ``lr_head``, ``weight_decay``, ``head_only_epochs``,
+        ``max_epochs``, ``restart_cycles``, ``restart_mult``: see
+        :class:`~astrobatch.tasks.finetune.FinetuneTask` (same defaults).
 
     Attributes
     ----------
@@ -189,22 +191,12 @@ class QuantileFinetuneTask(FinetuneTask):
         head: nn.Module,
         *,
         label_names: Sequence[str] | None = None,
-        lr_encoder: float = 3e-4,
-        lr_head: float = 1e-3,
-        weight_decay: float = 1e-5,
-        head_only_epochs: int = 0,
-        max_epochs: int = 30,
-        restart_cycles: int = 3,
-        restart_mult: int = 2,
+        **schedule: Any,
     ):
         nl = getattr(head, "n_labels", None)
         if label_names is not None and nl is not None and len(label_names) != nl:
             raise ValueError(f"label_names must have {nl} names, got {list(label_names)}")
-        super().__init__(
-            model, head, pinball_loss, lr_encoder=lr_encoder, lr_head=lr_head,
-            weight_decay=weight_decay, head_only_epochs=head_only_epochs, max_epochs=max_epochs,
-            restart_cycles=restart_cycles, restart_mult=restart_mult,
-        )  # fmt: skip
+        super().__init__(model, head, pinball_loss, **schedule)
         self.save_hyperparameters(
             {"label_names": None if label_names is None else [str(n) for n in label_names]}
         )

@@ -51,7 +51,7 @@ References
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -163,19 +163,15 @@ class StellarXPFinetuneTask(QuantileFinetuneTask):
     parallax_label_scale : (float, float), optional
         ``(mean, std)`` of the parallax label's StandardScaler, mas; required
         if ``parallax_mle_weight > 0``.
-    lr_encoder, lr_head : float
-        AdamW learning rates of the autoencoder and of the head.
-    weight_decay : float
-        Decoupled weight decay (none on biases and norms).
-    head_only_epochs : int
-        Epochs with the autoencoder frozen before it trains (0 = none; see
-        :class:`~astrobatch.tasks.finetune.FinetuneTask`).
-    max_epochs, restart_cycles, restart_mult : int
-        Schedule (see :func:`astrobatch.tasks.optim.cosine_warm_restarts`).
     seed : int
         Seed of the masks and perturbations.
     label_names : sequence of str, optional
         Names of the L labels, to log ``val/pinball_<label>``.
+    **schedule
+        ``lr_encoder``, ``lr_head`` (AdamW learning rates of the autoencoder and of the
+        head), ``weight_decay``, ``head_only_epochs`` (autoencoder frozen first),
+        ``max_epochs``, ``restart_cycles``, ``restart_mult``: see
+        :class:`~astrobatch.tasks.finetune.FinetuneTask` (same defaults).
 
     Raises
     ------
@@ -204,15 +200,9 @@ class StellarXPFinetuneTask(QuantileFinetuneTask):
         parallax_mle_weight: float = 0.0,
         parallax_floor: float = 0.01,
         parallax_label_scale: tuple[float, float] | None = None,
-        lr_encoder: float = 3e-4,
-        lr_head: float = 1e-3,
-        weight_decay: float = 1e-5,
-        head_only_epochs: int = 0,
-        max_epochs: int = 30,
-        restart_cycles: int = 3,
-        restart_mult: int = 2,
         seed: int = 0,
         label_names: Sequence[str] | None = None,
+        **schedule: Any,
     ):
         nf, nl = model.n_features, head.n_labels
         if head.latent_dim != model.latent_dim:
@@ -232,11 +222,7 @@ class StellarXPFinetuneTask(QuantileFinetuneTask):
                 "parallax_mle_weight > 0 needs parallax_label_idx and parallax_label_scale "
                 "(mean, std) of the parallax label, mas"
             )
-        super().__init__(
-            model, head, label_names=label_names, lr_encoder=lr_encoder, lr_head=lr_head,
-            weight_decay=weight_decay, head_only_epochs=head_only_epochs, max_epochs=max_epochs,
-            restart_cycles=restart_cycles, restart_mult=restart_mult,
-        )  # fmt: skip
+        super().__init__(model, head, label_names=label_names, **schedule)
         if recon_loss not in ("mae", "mse"):
             raise ValueError(f"recon_loss must be 'mae' or 'mse', got {recon_loss!r}")
         if recon_weight <= 0:
