@@ -179,3 +179,60 @@ def test_fingerprint_ignores_only_the_invariant_fields(tmp_path):
     a = run_fingerprint({"m": 1}, t, 0, [f])
     f.write_text("b")
     assert run_fingerprint({"m": 1}, t, 0, [f]) != a
+
+
+SKELETON_PARAMS = """
+from astrobatch.params import Strict, TrainingParams
+
+
+class SkeletonParams(Strict):
+    seed: int = 0
+    training: TrainingParams = TrainingParams()
+"""
+
+SKELETON_STAGES = '''
+import json
+
+from astrobatch.study import Study
+
+study = Study("skeleton", help="A study that is only its own folder.")
+
+
+@study.stage("train", out="models", inputs=("prepared", "live"), resume="training")
+def train_cmd(p, paths):
+    """Toy training: records what the kit gave it."""
+    paths.models.mkdir(parents=True, exist_ok=True)
+    (paths.models / "state.json").write_text(json.dumps({
+        "seed": p.seed, "resume": p.training.resume, "prepared": str(paths.prepared),
+        "live": str(paths.live),
+    }))
+'''
+
+
+def test_a_skeleton_study_needs_only_its_folder_params_and_one_registry_line(tmp_path):
+    """What the README's 'How to add a study' promises, run for real in a subprocess."""
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "pkgs" / "skeleton_study"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "params.py").write_text(SKELETON_PARAMS)
+    (pkg / "stages.py").write_text(SKELETON_STAGES)
+    (tmp_path / "params.yaml").write_text("skeleton:\n  seed: 7\n")
+    script = (
+        "import sys; sys.path.insert(0, 'pkgs')\n"
+        "from astrobatch.studies import STUDIES, StudyEntry\n"
+        "STUDIES['skeleton'] = StudyEntry('skeleton_study', 'SkeletonParams')  # the one line\n"
+        "from astrobatch.cli import app\n"
+        "app(['skeleton', 'train', '--no-resume'], prog_name='astrobatch')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    state = json.loads((tmp_path / "models" / "skeleton" / "state.json").read_text())
+    assert state == {"seed": 7, "resume": "never", "prepared": "data/prepared/skeleton",
+                     "live": "dvclive/skeleton"}  # fmt: skip
+    bad = subprocess.run([sys.executable, "-c", script.replace("'--no-resume'", "'-p', 'x.yaml'")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "x.yaml" in bad.stderr + bad.stdout
