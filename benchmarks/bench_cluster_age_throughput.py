@@ -15,7 +15,7 @@ Loader throughput (images/s)
     ``memory``
         :class:`~astrobatch.data.images.CutoutShardDataset` as built by
         ``make_datasets`` (the split fits ``max_memory_bytes``: read once, kept
-        in RAM) with :class:`~astrobatch.data.images.ChunkBatchSampler`
+        in RAM) with :class:`~astrobatch.data.sampling.ChunkBatchSampler`
         (``CutoutDataModule.loader("train", shuffle=True)``).
     ``hdf5``
         The same with ``max_memory_bytes=0``: every batch is read from the
@@ -121,13 +121,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from _common import OtherLoad
 from astrobatch.data.images import (
-    ChunkBatchSampler,
     CutoutDataModule,
     CutoutShardDataset,
     CutoutTransform,
     dihedral,
     open_shard,
 )
+from astrobatch.data.sampling import ChunkBatchSampler
+from astrobatch.io.shards import ShardReader
 from astrobatch.params import load_params
 from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.studies.cluster_age.train import build_model, make_datasets, make_transform
@@ -423,7 +424,7 @@ def bench_raw_reads(setup: Setup, a) -> list[dict]:
         # Close before the next variant: HDF5 shares one dataset (and its chunk cache) between
         # all open handles of a file in a process.
         del read
-        if isinstance(src, h5py.File):
+        if isinstance(src, h5py.File | ShardReader):
             src.close()
         del src
         med = statistics.median(rates)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from astrobatch.data.images import (
-    ChunkBatchSampler,
     CutoutShardDataset,
     CutoutTransform,
     apply_blackout,
@@ -19,7 +18,10 @@ from astrobatch.data.images import (
     normalise,
     white_light,
 )
+from astrobatch.data.layouts import cutout_layout
+from astrobatch.data.sampling import ChunkBatchSampler
 from astrobatch.errors import InputError
+from astrobatch.io.shards import ShardWriter
 
 
 @pytest.mark.parametrize("size", [112, 80, 33])
@@ -144,9 +146,15 @@ def shard(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (50, 5, 12, 12)).astype(np.float32)
     p = tmp_path / "train.h5"
-    with h5py.File(p, "w") as f:
-        f.create_dataset("images", data=x, chunks=(8, 5, 12, 12))
-        f["log_age"] = np.linspace(7, 9, 50).astype(np.float32)
+    cols = cutout_layout(5, 12, list("abcde"), "e/s", 4.0)
+    rows = {
+        "images": x, "photometry": np.zeros((50, 5)), "log_age": np.linspace(7, 9, 50),
+        "cluster_id": np.arange(50), "galaxy_id": ["G"] * 50,
+    }  # fmt: skip
+    with ShardWriter(p, cols, chunk_rows=8) as w:
+        w.append(rows)
+    with h5py.File(p) as f:
+        assert f["images"].chunks == (8, 5, 12, 12)
     return p, x
 
 
@@ -189,3 +197,18 @@ def test_chunk_batch_sampler_covers_every_index_once_and_touches_few_chunks():
     ranks = [ChunkBatchSampler(1000, 32, 64, True, 0, rank=r, num_replicas=2) for r in (0, 1)]
     both = [i for r in ranks for b in r for i in b]
     assert sorted(both) == list(range(1000)) and len(ranks[0]) + len(ranks[1]) == len(s)
+
+
+def test_chunk_batch_sampler_salt_and_epoch_tags():
+    plain = ChunkBatchSampler(100, 10, chunk=16, shuffle=True, seed=2)
+    salted = ChunkBatchSampler(100, 10, chunk=16, shuffle=True, seed=2, salt=3)
+    assert list(plain) != list(salted)
+    tagged = ChunkBatchSampler(100, 10, chunk=16, shuffle=True, seed=2, tag_epoch=True)
+    tagged.set_epoch(4)
+    plain.set_epoch(4)
+    assert [[i for i, _ in b] for b in tagged] == list(plain)
+    assert {e for b in tagged for _, e in b} == {4}
+    one_chunk = ChunkBatchSampler(100, 10, chunk=100, shuffle=True, seed=2, salt=7)
+    assert [i for b in one_chunk for i in b] == (
+        np.random.default_rng((2, 0, 7)).permutation(100).tolist()
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from astrobatch.data.sets import EpochSampler, SetDataModule, SetSampleDataset, sample_set
+from astrobatch.data.sampling import ChunkBatchSampler
+from astrobatch.data.sets import SetDataModule, SetSampleDataset, sample_set
 from astrobatch.studies.star_sets.params import SamplingParams
 
 
@@ -45,13 +46,49 @@ def test_dataset_padding_mask_and_determinism(tiny_prepared):
     assert len(ds) == ds.n_sets * 4
 
 
+def _sets_sampler(n, shuffle=True, seed=0, batch_size=3, **kw):
+    """The sampler of SetDataModule: one chunk over the split, salt 7, (index, epoch) items."""
+    return ChunkBatchSampler(n, batch_size, chunk=n, shuffle=shuffle, seed=seed, salt=7,
+                             tag_epoch=True, distribute="items", **kw)  # fmt: skip
+
+
 def test_sampler_epochs_and_ranks():
-    sm = EpochSampler(10, shuffle=True, seed=0)
-    e0 = [i for i, _ in sm]
+    sm = _sets_sampler(10)
+    e0 = [i for b in sm for i, _ in b]
     sm.set_epoch(1)
-    e1 = [i for i, e in sm]
+    e1 = [i for b in sm for i, e in b]
     assert sorted(e0) == sorted(e1) == list(range(10)) and e0 != e1
-    assert all(e == 1 for _, e in sm)
+    assert all(e == 1 for b in sm for _, e in b)
+    # the orders of the former EpochSampler: default_rng((seed, epoch, 7)).permutation(n)
+    for epoch in range(3):
+        sm.set_epoch(epoch)
+        want = np.random.default_rng((0, epoch, 7)).permutation(10).tolist()
+        batches = [[i for i, _ in b] for b in sm]
+        assert [i for b in batches for i in b] == want
+        assert [len(b) for b in batches] == [3, 3, 3, 1] == [len(b) for b in sm]
+    assert [i for b in _sets_sampler(10, shuffle=False) for i, _ in b] == list(range(10))
+    # ranks: every world-th item of the same permutation, padded to equal lengths
+    ranks = [_sets_sampler(10, rank=r, num_replicas=3) for r in range(3)]
+    items = [[i for b in r for i, _ in b] for r in ranks]
+    assert [len(x) for x in items] == [4, 4, 4]
+    full = np.resize(np.random.default_rng((0, 0, 7)).permutation(10), 12)
+    assert all(items[r] == full[r::3].tolist() for r in range(3))
+
+
+def test_datamodule_orders_equal_the_epoch_permutation(tiny_prepared):
+    s = SamplingParams(num_star_per_sample=16, num_sample_per_snapshot=2)
+    dm = SetDataModule(tiny_prepared, s, 5, seed=4)
+    loader = dm.train_dataloader()
+    n = len(dm.dataset("train"))
+    for epoch in range(3):
+        loader.batch_sampler.set_epoch(epoch)
+        got = []
+        for b in loader:
+            got += (b["set_index"] * 2 + b["sample_index"]).tolist()
+        assert got == np.random.default_rng((4, epoch, 7)).permutation(n).tolist()
+    val = [b["set_index"] * 2 + b["sample_index"] for b in dm.val_dataloader()]
+    assert torch.cat(val).tolist() == list(range(len(dm.dataset("val"))))
+    assert dm.dataset("train") is dm.dataset("train")  # cached
 
 
 def test_datamodule_batches(tiny_prepared):

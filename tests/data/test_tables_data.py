@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from astrobatch.data.layouts import table_layout
+from astrobatch.data.sampling import ChunkBatchSampler, chunk_permutation
 from astrobatch.data.tables import (
     TableArrayDataset,
     TableDataModule,
     TableShardDataset,
-    TableShardWriter,
     read_table_shard,
-    shard_info,
+    table_info,
 )
 from astrobatch.errors import InputError
+from astrobatch.io.shards import ShardWriter
 
 N_TRAIN, N_VAL, F, L = 1037, 130, 5, 2
 
@@ -26,11 +28,17 @@ def _write(path, n, labelled, offset=0, chunk_rows=64):
     x = np.tile(rows[:, None], (1, F)).astype(np.float32)  # x[:, 0] == row
     x[rows % 7 == 0, 1] = np.nan  # missing values pass through
     labels = ["teff", "parallax"] if labelled else None
-    with TableShardWriter(path, [f"f{i}" for i in range(F)], labels, chunk_rows) as w:
+    cols = table_layout([f"f{i}" for i in range(F)], labels)
+    with ShardWriter(path, cols, chunk_rows=chunk_rows, compression="lzf") as w:
+        if n == 0:  # an empty split keeps its schema
+            return
         for a in range(0, n, 100):  # blocks that do not align with chunks
             b = min(a + 100, n)
-            y = np.tile(rows[a:b, None], (1, L)).astype(np.float32) if labelled else None
-            w.append(x[a:b], x[a:b] * 0.1, rows[a:b] + offset, y, None if y is None else y * 0)
+            block = {"x": x[a:b], "x_err": x[a:b] * 0.1, "source_id": rows[a:b] + offset}
+            if labelled:
+                y = np.tile(rows[a:b, None], (1, L)).astype(np.float32)
+                block.update(y=y, y_err=y * 0)
+            w.append(block)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,7 @@ def _epoch_rows(loader) -> tuple[torch.Tensor, int]:
 
 
 def test_shard_round_trip(prepared):
-    info = shard_info(prepared / "finetune_train.h5")
+    info = table_info(prepared / "finetune_train.h5")
     assert info["n_rows"] == N_TRAIN and info["labels"] == ["teff", "parallax"]
     assert info["chunk_rows"] == 64 and info["labelled"]
     d = read_table_shard(prepared / "finetune_train.h5", 10, 20)
@@ -131,7 +139,7 @@ def test_errors(prepared, tmp_path):
 
     with h5py.File(tmp_path / "finetune_train.h5", "w") as f:
         f["x"] = np.zeros((2, 2))
-    with pytest.raises(InputError, match="not a table shard"):
+    with pytest.raises(InputError, match="not a prepared shard"):
         TableDataModule(tmp_path, "finetune").loader("train")
 
 
@@ -165,3 +173,22 @@ def test_lightning_reshuffles_every_epoch(prepared):
     trainer.fit(probe, dm)
     a, b = probe.seen[0], probe.seen[1]
     assert sorted(a) == sorted(b) == list(range(N_TRAIN)) and a != b
+
+
+def test_chunk_order_is_the_shared_chunk_permutation(prepared):
+    ds = TableShardDataset(prepared / "pretrain_train.h5", batch_size=32, seed=5)
+    n_chunks = -(-N_TRAIN // 64)
+    for epoch in range(3):
+        order = ds._chunk_order(epoch)
+        assert order.tolist() == chunk_permutation(N_TRAIN, 64, 5, epoch).tolist()
+        np.testing.assert_array_equal(
+            order, np.random.default_rng((5, epoch)).permutation(n_chunks)
+        )
+        # the same chunk order as ChunkBatchSampler's (whose window then shuffles rows)
+        s = ChunkBatchSampler(N_TRAIN, 32, 64, shuffle=True, seed=5, window=1)
+        s.set_epoch(epoch)
+        seq = s.order() // 64  # window 1: the rows of each chunk stay together
+        visited = seq[np.r_[0, np.flatnonzero(np.diff(seq)) + 1]]
+        assert visited.tolist() == order.tolist()
+    empty = TableShardDataset(prepared / "pretrain_val_real.h5", batch_size=8, seed=0)
+    assert list(empty) == [] and table_info(prepared / "pretrain_val_real.h5")["features"]

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from astrobatch.data.layouts import SET_ELEMENTS, SET_FEATURES, set_layout
 from astrobatch.errors import InputError
 from astrobatch.io.sets import (
     CSRSets,
@@ -14,7 +15,7 @@ from astrobatch.io.sets import (
     write_csr_h5,
     write_upstream_npz,
 )
-from astrobatch.io.shards import ShardWriter, read_shard
+from astrobatch.io.shards import ShardWriter, open_shard
 
 
 def _random_sets(rng, n_sets=5) -> CSRSets:
@@ -101,35 +102,47 @@ def test_upstream_npz_bad_shape(tmp_path):
         read_upstream_npz(path)
 
 
+def _set_writer(path, features, chunk_rows=1024):
+    cols, groups = set_layout(features, {"run_id": str})
+    return ShardWriter(path, cols, groups, chunk_rows=chunk_rows)
+
+
+def _set_block(x, ptr, target, run_id):
+    return {"target": target, "run_id": run_id}, {SET_ELEMENTS: (ptr, {"features": x})}
+
+
 def test_shard_round_trip_in_blocks(tmp_path):
     rng = np.random.default_rng(3)
     blocks = []
-    with ShardWriter(tmp_path / "s.h5", ["a", "b"], chunk_rows=1024) as w:
+    with _set_writer(tmp_path / "s.h5", ["a", "b"]) as w:
         for _ in range(3):
             sizes = rng.integers(1, 10, 4)
             ptr = np.concatenate([[0], np.cumsum(sizes)])
             x = rng.normal(size=(ptr[-1], 2)).astype(np.float32)
             y = rng.normal(size=4)
-            w.append(x, ptr, {"target": y, "run_id": np.array(["r"] * 4)})
+            w.append(*_set_block(x, ptr, y, np.array(["r"] * 4)))
             blocks.append((x, sizes, y))
-    s = read_shard(tmp_path / "s.h5")
-    np.testing.assert_array_equal(s["features"], np.concatenate([b[0] for b in blocks]))
-    np.testing.assert_array_equal(np.diff(s["ptr"]), np.concatenate([b[1] for b in blocks]))
-    np.testing.assert_allclose(s["sets"]["target"], np.concatenate([b[2] for b in blocks]))
-    assert s["feature_keys"] == ["a", "b"]
+    with open_shard(tmp_path / "s.h5", require=["target", SET_FEATURES]) as s:
+        np.testing.assert_array_equal(s.read(SET_FEATURES), np.concatenate([b[0] for b in blocks]))
+        np.testing.assert_array_equal(
+            np.diff(s.ptr(SET_ELEMENTS)), np.concatenate([b[1] for b in blocks])
+        )
+        np.testing.assert_allclose(s.read("target"), np.concatenate([b[2] for b in blocks]))
+        assert s.names(SET_FEATURES) == ["a", "b"]
+        assert s.read("run_id").tolist() == ["r"] * 12
 
 
 def test_failed_shard_write_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "s.h5", ["a"]) as w:
-        w.append(np.ones((2, 1), np.float32), np.array([0, 2]), {"target": np.ones(1)})
+    with pytest.raises(RuntimeError), _set_writer(tmp_path / "s.h5", ["a"]) as w:
+        w.append(*_set_block(np.ones((2, 1), np.float32), np.array([0, 2]), [1.0], ["r"]))
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupted_shard_is_reported(tmp_path):
-    with ShardWriter(tmp_path / "s.h5", ["a"]) as w:
-        w.append(np.ones((2, 1), np.float32), np.array([0, 2]), {"target": np.ones(1)})
+    with _set_writer(tmp_path / "s.h5", ["a"]) as w:
+        w.append(*_set_block(np.ones((2, 1), np.float32), np.array([0, 2]), [1.0], ["r"]))
     raw = (tmp_path / "s.h5").read_bytes()
     (tmp_path / "s.h5").write_bytes(raw[: len(raw) // 3])
     with pytest.raises(InputError, match=r"s\.h5"):
-        read_shard(tmp_path / "s.h5")
+        open_shard(tmp_path / "s.h5")

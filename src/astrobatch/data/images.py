@@ -5,25 +5,29 @@ The order of operations follows the cluster_age study (spec ``studies/cluster_ag
 blackout mask on raw values -> optional white-light stack (``1im``, the per-pixel mean of
 the filters) -> min-max normalisation -> dihedral augmentation (training only).
 
-Shard layout read by :class:`CutoutShardDataset` (written by the cluster_age ``prepare``):
-``images`` float32 (n, C, S, S) chunked ``(chunk, C, S, S)``, ``log_age`` float32 (n,),
-``cluster_id`` int64 (n,), ``galaxy_id`` str (n,).
+Shards read by :class:`CutoutShardDataset` (written by the cluster_age ``prepare``): the
+format of :mod:`astrobatch.io.shards` with the columns of
+:func:`astrobatch.data.layouts.cutout_layout`: ``images`` float32 (n, C, S, S) chunked
+``(chunk, C, S, S)``, ``log_age`` float32 (n,), ``cluster_id`` int64 (n,), ``galaxy_id``
+str (n,), ``photometry`` float32 (n, C), optionally ``catalogue_magnitudes``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from astrobatch.data.sampling import ChunkBatchSampler, ShardDataModule
 from astrobatch.errors import InputError
+from astrobatch.io.shards import LARGE_CACHE, ShardReader
+from astrobatch.io.shards import open_shard as _open
 
 NORMALISATIONS = ("single-image", "five-images", "filter", "dataset")
 _EPS = 1e-12
@@ -306,19 +310,26 @@ class CutoutTransform:
         return normalise(self.masked(images), self.normalisation, self.stats)
 
 
-def open_shard(path: str | Path) -> h5py.File:
-    """Open a prepared image shard with a chunk cache large enough to hold hot chunks."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("prepared shard not found (run prepare first)", path)
-    return h5py.File(path, "r", rdcc_nbytes=256 * 2**20, rdcc_nslots=10007)
+def open_shard(path: str | Path, require: Iterable[str] = ()) -> ShardReader:
+    """Open a prepared cutout shard with a chunk cache large enough to hold hot chunks.
+
+    A :class:`~astrobatch.io.shards.ShardReader` with
+    :data:`~astrobatch.io.shards.LARGE_CACHE` (256 MiB, 10007 slots); use it as a
+    context manager; ``reader["images"]`` is the lazy dataset.
+
+    Raises
+    ------
+    InputError
+        Missing or invalid shard, missing ``require``-d column.
+    """
+    return _open(path, require=require, cache=LARGE_CACHE)
 
 
 class CutoutShardDataset(Dataset):
     """Cutouts of one prepared split, read from HDF5 one *batch* at a time.
 
-    Used with :class:`ChunkBatchSampler` as ``batch_sampler`` (or any sampler of
-    index lists): ``__getitems__`` gets all images of a batch in one call (from
+    Used with :class:`~astrobatch.data.sampling.ChunkBatchSampler` as ``batch_sampler``
+    (or any sampler of index lists): ``__getitems__`` gets all images of a batch in one call (from
     memory when the split fits, else hyperslab reads through the HDF5 chunk
     cache, with few chunks per batch thanks to the sampler), then masks,
     stacks, normalises and augments the batch with vectorised NumPy.
@@ -362,6 +373,7 @@ class CutoutShardDataset(Dataset):
             self.n = int(f["images"].shape[0])
             self.chunk = int((f["images"].chunks or (self.n,))[0])
             self.in_memory = f["images"].nbytes <= max_memory_bytes
+        self._reader = f
         self._cache: np.ndarray | None = None
         if len(targets) != self.n:
             raise InputError(f"expected {self.n} targets, got {len(targets)}", path, "log_age")
@@ -370,7 +382,6 @@ class CutoutShardDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self._file: h5py.File | None = None
         self._dset: h5py.Dataset | None = None
 
     def __len__(self) -> int:
@@ -383,9 +394,8 @@ class CutoutShardDataset(Dataset):
     def _images(self) -> h5py.Dataset:
         # Opened lazily, once per DataLoader worker, and kept: HDF5's chunk cache belongs to
         # the open dataset, so re-opening it per batch would re-read every chunk.
-        if self._file is None:
-            self._file = open_shard(self.path)
-            self._dset = self._file["images"]
+        if self._dset is None:
+            self._dset = self._reader["images"]
         return self._dset
 
     def read(self, indices) -> np.ndarray:
@@ -430,7 +440,7 @@ class CutoutShardDataset(Dataset):
 
     def __getstate__(self):  # h5py handles do not pickle (DataLoader workers)
         state = self.__dict__.copy()
-        state["_file"] = state["_dset"] = None
+        state["_dset"] = None  # the reader drops its file handle when pickled
         state["_cache"] = None
         return state
 
@@ -440,86 +450,7 @@ def collate_batch(batch):
     return batch
 
 
-class ChunkBatchSampler(Sampler[list[int]]):
-    """Batches of indices that touch few HDF5 chunks, reshuffled every epoch.
-
-    Chunks of ``chunk`` consecutive images are visited in a random order; the
-    images of ``window`` consecutive chunks (in that order) are shuffled
-    together and cut into batches. With ``shuffle=False`` batches are
-    consecutive indices. Rank-aware: with ``num_replicas`` > 1 each rank takes
-    every ``num_replicas``-th batch.
-
-    Parameters
-    ----------
-    n : int
-        Dataset length.
-    batch_size : int
-    chunk : int
-        Images per HDF5 chunk.
-    shuffle : bool
-    seed : int
-    window : int
-        Chunks shuffled together.
-    rank, num_replicas : int
-    dataset : object with ``set_epoch``, optional
-        Told the epoch too (its augmentation draws depend on it). Lightning
-        calls ``set_epoch`` on a DataLoader's ``batch_sampler`` every epoch.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        chunk: int,
-        shuffle: bool,
-        seed: int = 0,
-        window: int = 8,
-        rank: int = 0,
-        num_replicas: int = 1,
-        dataset=None,
-    ):
-        self.n, self.batch_size, self.chunk = n, batch_size, max(1, chunk)
-        self.shuffle, self.seed, self.window = shuffle, seed, max(1, window)
-        self.rank, self.num_replicas = rank, num_replicas
-        self.dataset = dataset
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch of the shuffle (and of the dataset's augmentation)."""
-        self.epoch = epoch
-        if self.dataset is not None:
-            self.dataset.set_epoch(epoch)
-
-    def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n)
-        rng = np.random.default_rng((self.seed, self.epoch))
-        starts = np.arange(0, self.n, self.chunk)
-        rng.shuffle(starts)
-        parts = []
-        for w in range(0, len(starts), self.window):
-            idx = np.concatenate(
-                [np.arange(s, min(s + self.chunk, self.n)) for s in starts[w : w + self.window]]
-            )
-            rng.shuffle(idx)
-            parts.append(idx)
-        return np.concatenate(parts) if parts else np.arange(0)
-
-    def _batches(self) -> list[list[int]]:
-        order = self._order()
-        bs = self.batch_size
-        batches = [order[i : i + bs].tolist() for i in range(0, self.n, bs)]
-        return batches[self.rank :: self.num_replicas]
-
-    def __iter__(self):
-        yield from self._batches()
-
-    def __len__(self) -> int:
-        total = -(-self.n // self.batch_size)
-        return len(range(self.rank, total, self.num_replicas))
-
-
-class CutoutDataModule(L.LightningDataModule):
+class CutoutDataModule(ShardDataModule):
     """Train/val/test cutout loaders over prepared shards (batch reads, chunk-aware shuffling).
 
     Parameters
@@ -536,10 +467,15 @@ class CutoutDataModule(L.LightningDataModule):
         super().__init__()
         self.datasets, self.batch_size = datasets, batch_size
         self.seed, self.num_workers = seed, num_workers
+        self.splits = tuple(datasets)
+
+    def build_dataset(self, split: str) -> CutoutShardDataset:
+        """The dataset of ``split``, as given."""
+        return self.datasets[split]
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         """DataLoader of one split (rank-aware when a trainer is attached)."""
-        ds = self.datasets[split]
+        ds = self.dataset(split)
         rank, world = 0, 1
         if self.trainer is not None and shuffle:
             rank, world = self.trainer.global_rank, self.trainer.world_size

@@ -16,16 +16,16 @@ sees exactly the data an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from astrobatch.io.shards import read_shard
+from astrobatch.data.layouts import SET_ELEMENTS, SET_FEATURES, SET_REQUIRED
+from astrobatch.data.sampling import ChunkBatchSampler, ShardDataModule
+from astrobatch.io.shards import open_shard
 
 
 class SetSampling(Protocol):
@@ -136,7 +136,8 @@ class SetSampleDataset(Dataset):
     Parameters
     ----------
     shard : str or pathlib.Path
-        Prepared shard (:mod:`astrobatch.io.shards`).
+        Prepared set shard (:mod:`astrobatch.io.shards`, columns of
+        :func:`astrobatch.data.layouts.set_layout`).
     sampling : SetSampling
     seed : int
         Seed of all draws.
@@ -149,7 +150,8 @@ class SetSampleDataset(Dataset):
 
     Notes
     -----
-    Items are indexed by ``(index, epoch)`` tuples (see :class:`EpochSampler`);
+    Items are indexed by ``(index, epoch)`` tuples (a
+    :class:`~astrobatch.data.sampling.ChunkBatchSampler` with ``tag_epoch``);
     a plain integer means epoch 0. An item is a dict with ``x`` (N, F)
     float32, ``mask`` (N,) bool, ``y`` () float32 (scaled target),
     ``set_index`` and ``sample_index`` (int64), N = ``num_star_per_sample``.
@@ -157,14 +159,14 @@ class SetSampleDataset(Dataset):
 
     def __init__(self, shard, sampling: SetSampling, seed: int, train: bool, in_memory=True):
         self.path = Path(shard)
-        meta = read_shard(self.path, load_features=in_memory)
-        self.ptr = meta["ptr"]
-        self.sets = meta["sets"]
-        self.feature_keys = meta["feature_keys"]
-        self.features = meta.get("features")
+        self.reader = open_shard(self.path, require=SET_REQUIRED)
+        with self.reader as r:
+            self.ptr = r.ptr(SET_ELEMENTS)
+            self.sets = {k: r.read(k) for k in r.info["columns"] if "/" not in k}
+            self.feature_keys = r.names(SET_FEATURES) or []
+            self.features = r.read(SET_FEATURES) if in_memory else None
         self.y = np.asarray(self.sets["target"], dtype=np.float32)
         self.sampling, self.seed, self.train = sampling, int(seed), train
-        self._h5 = None
 
     @property
     def n_sets(self) -> int:
@@ -183,11 +185,8 @@ class SetSampleDataset(Dataset):
         a, b = int(self.ptr[i]), int(self.ptr[i + 1])
         if self.features is not None:
             return self.features[a:b]
-        if self._h5 is None:  # opened lazily, once per DataLoader worker; handle kept
-            import h5py
-
-            self._h5 = h5py.File(self.path, "r")["features"]
-        return self._h5[a:b]
+        # the file is opened lazily, once per DataLoader worker, and the handle kept
+        return self.reader[SET_FEATURES][a:b]
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         index, epoch = (key, 0) if np.isscalar(key) else key
@@ -205,53 +204,15 @@ class SetSampleDataset(Dataset):
         }
 
 
-class EpochSampler(Sampler):
-    """Yields ``(index, epoch)``; shuffles per epoch from ``(seed, epoch)``; rank-aware.
-
-    Lightning calls :meth:`set_epoch` at the start of every training epoch.
-    Under DDP (``torch.distributed`` initialised) each rank takes every
-    ``world_size``-th index of the same permutation, padded to equal length.
-
-    Parameters
-    ----------
-    n : int
-        Dataset length.
-    shuffle : bool
-    seed : int
-    """
-
-    def __init__(self, n: int, shuffle: bool, seed: int):
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch used for the permutation and the draws."""
-        self.epoch = int(epoch)
-
-    def _rank(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
-    def _indices(self) -> np.ndarray:
-        if self.shuffle:
-            return np.random.default_rng((self.seed, self.epoch, 7)).permutation(self.n)
-        return np.arange(self.n)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        idx = self._indices()
-        rank, world = self._rank()
-        if world > 1:
-            per = -(-self.n // world)
-            idx = np.resize(idx, per * world)[rank::world]
-        return iter([(int(i), self.epoch) for i in idx])
-
-    def __len__(self) -> int:
-        _, world = self._rank()
-        return -(-self.n // world)
-
-
-class SetDataModule(L.LightningDataModule):
+class SetDataModule(ShardDataModule):
     """Train/val/test DataLoaders over the prepared shards of one study.
+
+    Batches come from a :class:`~astrobatch.data.sampling.ChunkBatchSampler` with
+    one chunk covering the whole split and salt 7: the training order of epoch e
+    is ``numpy.random.default_rng((seed, e, 7)).permutation(n)`` cut into
+    consecutive batches (the last partial batch kept); val/test are in order.
+    Under ``torch.distributed`` each rank takes every ``world_size``-th item of
+    that order, padded to equal lengths.
 
     Parameters
     ----------
@@ -265,6 +226,8 @@ class SetDataModule(L.LightningDataModule):
         See :class:`SetSampleDataset`.
     """
 
+    splits = ("train", "val", "test")
+
     def __init__(
         self, prepared_dir, sampling: SetSampling, batch_size: int, seed: int,
         num_workers: int = 0, in_memory: bool = True,
@@ -273,32 +236,24 @@ class SetDataModule(L.LightningDataModule):
         self.dir = Path(prepared_dir)
         self.sampling, self.batch_size, self.seed = sampling, batch_size, seed
         self.num_workers, self.in_memory = num_workers, in_memory
-        self._ds: dict[str, SetSampleDataset] = {}
 
-    def dataset(self, split: str) -> SetSampleDataset:
-        """The dataset of ``split`` (``train``, ``val`` or ``test``), built once."""
-        if split not in self._ds:
-            self._ds[split] = SetSampleDataset(
-                self.dir / f"{split}.h5", self.sampling, self.seed, split == "train", self.in_memory
-            )
-        return self._ds[split]
+    def build_dataset(self, split: str) -> SetSampleDataset:
+        """The dataset of ``split`` (``train``, ``val`` or ``test``)."""
+        return SetSampleDataset(
+            self.dir / f"{split}.h5", self.sampling, self.seed, split == "train", self.in_memory
+        )
 
     def loader(self, split: str) -> DataLoader:
         """A DataLoader over ``split`` (shuffled, epoch-seeded for train)."""
         ds = self.dataset(split)
+        sampler = ChunkBatchSampler(
+            len(ds), self.batch_size, chunk=max(len(ds), 1), shuffle=split == "train",
+            seed=self.seed, rank=None, num_replicas=None, salt=7, tag_epoch=True,
+            distribute="items",
+        )  # fmt: skip
         return DataLoader(
             ds,
-            batch_size=self.batch_size,
-            sampler=EpochSampler(len(ds), shuffle=split == "train", seed=self.seed),
+            batch_sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self):
-        return self.loader("train")
-
-    def val_dataloader(self):
-        return self.loader("val")
-
-    def test_dataloader(self):
-        return self.loader("test")

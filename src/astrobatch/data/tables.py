@@ -1,9 +1,9 @@
 """Tabular shards (one row per object) and the datasets/datamodule that stream them.
 
-Shards (``format = "astrobatch.table_shard"``): see :mod:`astrobatch.io.table_shards`
-(``/x``, ``/x_err`` (n, F), ``/y``, ``/y_err`` (n, L) float32, ``/source_id`` int64;
-:class:`TableShardWriter`, :func:`shard_info` and :func:`read_table_shard` are
-re-exported here).
+Shards: the format of :mod:`astrobatch.io.shards` with the columns of
+:func:`astrobatch.data.layouts.table_layout` (``/x``, ``/x_err`` (n, F), ``/y``,
+``/y_err`` (n, L) float32, each with a ``names`` attr, ``/source_id`` int64);
+:func:`table_info` validates one and :func:`read_table_shard` reads rows of it.
 
 Reading
     :class:`TableShardDataset` (iterable, for data larger than memory) reads a
@@ -30,19 +30,84 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import h5py
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from astrobatch.data.layouts import TABLE_REQUIRED
+from astrobatch.data.sampling import ShardDataModule, chunk_permutation
 from astrobatch.errors import InputError
-from astrobatch.io.table_shards import (  # noqa: F401 - re-exported: the shard API lives here too
-    TABLE_SHARD_FORMAT,
-    TableShardWriter,
-    read_table_shard,
-    shard_info,
-)
+from astrobatch.io.shards import open_shard, shard_info
+
+# ----------------------------------------------------------------------------------------------
+# shards
+# ----------------------------------------------------------------------------------------------
+
+
+def table_info(path: str | Path) -> dict:
+    """Validate a table shard and return its metadata (no rows are read).
+
+    Returns
+    -------
+    dict
+        ``n_rows`` int, ``features`` list (F), ``labels`` list (L, empty when
+        unlabelled), ``chunk_rows`` int, ``labelled`` bool, ``attrs`` dict (free
+        root attrs: ``stage``, ``split``).
+
+    Raises
+    ------
+    InputError
+        Missing file, not a shard, missing column, wrong shapes (see
+        :func:`astrobatch.io.shards.shard_info`).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from astrobatch.data.layouts import table_layout
+    >>> from astrobatch.io.shards import ShardWriter
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.h5"
+    >>> with ShardWriter(p, table_layout(["a", "b"]), chunk_rows=4) as w:
+    ...     w.append({"x": np.zeros((5, 2)), "x_err": np.ones((5, 2)), "source_id": np.arange(5)})
+    >>> info = table_info(p)
+    >>> info["n_rows"], info["features"], info["labels"]
+    (5, ['a', 'b'], [])
+    """
+    info = shard_info(path, require=TABLE_REQUIRED)
+    cols = info["columns"]
+    features = cols["x"]["names"] or []
+    labels = (cols["y"]["names"] or []) if "y" in cols else []
+    if labels and "y_err" not in cols:
+        raise InputError("missing column of a labelled table shard", path, "y_err")
+    n = info["n_rows"]
+    want = {"x": (n, len(features)), "x_err": (n, len(features)), "source_id": (n,)}
+    if labels:
+        want.update(y=(n, len(labels)), y_err=(n, len(labels)))
+    for k, shape in want.items():
+        if cols[k]["shape"] != shape:
+            raise InputError(f"expected shape {shape}, got {cols[k]['shape']}", path, k)
+    return {
+        "n_rows": n,
+        "features": features,
+        "labels": labels,
+        "chunk_rows": info["chunk_rows"],
+        "labelled": bool(labels),
+        "attrs": info["attrs"],
+    }
+
+
+def read_table_shard(path: str | Path, start: int = 0, stop: int | None = None) -> dict:
+    """Rows ``start:stop`` of a table shard as NumPy arrays (x, x_err, [y, y_err], source_id).
+
+    Raises
+    ------
+    InputError
+        See :func:`table_info`.
+    """
+    info = table_info(path)
+    keys = ["x", "x_err", "source_id"] + (["y", "y_err"] if info["labelled"] else [])
+    with open_shard(path) as r:
+        return {k: r.read(k, start, stop) for k in keys}
+
 
 # ----------------------------------------------------------------------------------------------
 # datasets
@@ -92,10 +157,12 @@ class TableShardDataset(IterableDataset):
     Examples
     --------
     >>> import tempfile, pathlib
+    >>> from astrobatch.data.layouts import table_layout
+    >>> from astrobatch.io.shards import ShardWriter
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.h5"
-    >>> with TableShardWriter(p, ["a"], chunk_rows=4) as w:
-    ...     w.append(np.arange(10, dtype=np.float32)[:, None], np.zeros((10, 1), np.float32),
-    ...              np.arange(10))
+    >>> with ShardWriter(p, table_layout(["a"]), chunk_rows=4) as w:
+    ...     w.append({"x": np.arange(10)[:, None], "x_err": np.zeros((10, 1)),
+    ...               "source_id": np.arange(10)})
     >>> ds = TableShardDataset(p, batch_size=4, shuffle=True, seed=0)
     >>> sorted(torch.cat([b["row"] for b in ds]).tolist()) == list(range(10)), len(ds)
     (True, 3)
@@ -112,7 +179,7 @@ class TableShardDataset(IterableDataset):
         chunk_rows: int | None = None,
     ):
         self.path = Path(path)
-        self.info = shard_info(self.path)
+        self.info = table_info(self.path)
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
         self.buffer_chunks = max(1, int(buffer_chunks))
@@ -161,10 +228,9 @@ class TableShardDataset(IterableDataset):
         return g * n // n_seg, (g + 1) * n // n_seg
 
     def _chunk_order(self, epoch: int) -> np.ndarray:
-        n_chunks = -(-self.n_rows // self.chunk_rows)
         if self.shuffle:
-            return np.random.default_rng((self.seed, epoch)).permutation(n_chunks)
-        return np.arange(n_chunks)
+            return chunk_permutation(self.n_rows, self.chunk_rows, self.seed, epoch)
+        return np.arange(-(-self.n_rows // self.chunk_rows))
 
     def _pieces(self, order: np.ndarray, a: int, b: int) -> Iterator[tuple[int, int]]:
         """Shard row ranges [start, stop) covering stream positions [a, b) (wrapping)."""
@@ -206,7 +272,7 @@ class TableShardDataset(IterableDataset):
         rng = np.random.default_rng((self.seed, epoch, g, 1))
         buffer_rows = self.buffer_chunks * self.chunk_rows
         carry: dict[str, np.ndarray] | None = None
-        with h5py.File(self.path, "r") as f:
+        with open_shard(self.path) as f:
             ds = {k: f[k] for k in self.keys}
             pieces = list(self._pieces(order, a, b))
             i = 0
@@ -249,7 +315,7 @@ class TableArrayDataset(Dataset):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.info = shard_info(self.path)
+        self.info = table_info(self.path)
         self.arrays = read_table_shard(self.path)
         self.arrays.pop("source_id")
 
@@ -321,7 +387,7 @@ SHARDS = {
 }
 
 
-class TableDataModule(L.LightningDataModule):
+class TableDataModule(ShardDataModule):
     """DataLoaders over the prepared table shards of one stage of a study.
 
     Parameters
@@ -371,7 +437,6 @@ class TableDataModule(L.LightningDataModule):
         self.batch_size, self.seed, self.num_workers = int(batch_size), int(seed), num_workers
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.buffer_chunks, self.in_memory_eval = buffer_chunks, in_memory_eval
-        self._ds: dict[str, Dataset] = {}
 
     @property
     def splits(self) -> list[str]:
@@ -394,25 +459,22 @@ class TableDataModule(L.LightningDataModule):
             )
         return self.dir / SHARDS[self.stage][split]
 
-    def dataset(self, split: str) -> Dataset:
-        """The dataset of ``split`` (built once)."""
-        if split not in self._ds:
-            path = self.path(split)
-            if split != "train" and self.in_memory_eval:
-                self._ds[split] = TableArrayDataset(path)
-            else:
-                self._ds[split] = TableShardDataset(
-                    path,
-                    batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-                    shuffle=split == "train",
-                    seed=self.seed,
-                    buffer_chunks=self.buffer_chunks,
-                )
-        return self._ds[split]
+    def build_dataset(self, split: str) -> Dataset:
+        """A new dataset of ``split`` (in memory for evaluation splits if ``in_memory_eval``)."""
+        path = self.path(split)
+        if split != "train" and self.in_memory_eval:
+            return TableArrayDataset(path)
+        return TableShardDataset(
+            path,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=split == "train",
+            seed=self.seed,
+            buffer_chunks=self.buffer_chunks,
+        )
 
     def n_rows(self, split: str) -> int:
         """Rows of ``split`` (from the shard header)."""
-        return shard_info(self.path(split))["n_rows"]
+        return table_info(self.path(split))["n_rows"]
 
     def loader(self, split: str) -> DataLoader:
         """A DataLoader of ready batches over ``split`` (shuffled, epoch-seeded for train)."""
@@ -432,12 +494,6 @@ class TableDataModule(L.LightningDataModule):
         """Set the epoch of every dataset built so far (for loops outside Lightning)."""
         for ds in self._ds.values():
             ds.set_epoch(epoch)
-
-    def train_dataloader(self):
-        return self.loader("train")
-
-    def val_dataloader(self):
-        return self.loader("val")
 
     def test_dataloader(self):
         """``test`` for fine-tuning; the held-out real sources (``val_real``) for pretraining."""

@@ -1,21 +1,35 @@
-"""Prepared shards: chunked HDF5 files of scaled set elements, streamable by a DataLoader.
+"""Prepared shards: one chunked HDF5 format for every study (torch-free).
 
-Layout (``format = "astrobatch.set_shard"``)::
+A shard holds ``n_rows`` rows (sets, objects, images). Layout
+(``format = "astrobatch.shard"``, ``version = 1``)::
 
-    /features           float32 (n_elements, F)  chunked (chunk_rows, F), scaled
-    /ptr                int64   (n_sets + 1,)     CSR pointer over rows of /features
-    /sets/target        float32 (n_sets,)         target in model space (scaled)
-    /sets/<col>         (n_sets,)                 ids and physical per-set columns
-    attrs: feature_keys (F,), target_key, split
+    /<column>           (n_rows, *shape)        one dataset per named row column,
+                                                chunked (chunk_rows, *shape)
+    /<group>/ptr        int64 (n_rows + 1,)     CSR pointer of a ragged group: the
+                                                elements of row i are ptr[i]:ptr[i+1]
+    /<group>/<column>   (n_elements, *shape)    element columns of the group, chunked
+    root attrs: format, version, n_rows, chunk_rows, plus free ones (split, stage, ...)
+    column attrs: units (when known), names (labels of the last axis, e.g. features)
 
-Written block by block with :class:`ShardWriter`, so memory stays bounded by
-one block whatever the size of the data set.
+The schema (row columns and ragged groups, each a :class:`Column`) is declared
+before any row is written, so an empty split still has every column with its
+dtype and shape. Which columns a study stores is declared by the module that
+reads them (:mod:`astrobatch.data.layouts`).
+
+Write with :class:`ShardWriter` (block by block, memory bounded by one block,
+the file appears only on success); read with :func:`open_shard`
+(:class:`ShardReader`, lazy dataset access and an optional chunk cache);
+:func:`shard_info` validates a file and returns its metadata without reading rows.
+Every bad file raises :class:`~astrobatch.errors.InputError` naming the file,
+the key and the expectation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -23,153 +37,501 @@ import numpy as np
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
 
-SHARD_FORMAT = "astrobatch.set_shard"
+SHARD_FORMAT = "astrobatch.shard"
+SHARD_VERSION = 1
+#: Chunk cache of readers that revisit hot chunks (image batches): 256 MiB, a prime
+#: number of hash slots (HDF5 advises ~100 x the chunks that fit in the cache).
+LARGE_CACHE = {"rdcc_nbytes": 256 * 2**20, "rdcc_nslots": 10007}
+_STR = h5py.string_dtype()
+
+
+@dataclass(frozen=True)
+class Column:
+    """Declared dtype, per-row shape, units and axis labels of one shard column.
+
+    Parameters
+    ----------
+    dtype : numpy dtype-like or ``str``
+        Stored dtype; ``str`` stores variable-length UTF-8 strings (read back as
+        ``numpy.str_`` arrays).
+    shape : tuple of int
+        Shape of one row (``()`` for a scalar per row).
+    units : str, optional
+        Physical units, stored as the ``units`` attribute.
+    names : sequence of str, optional
+        Labels of the last axis (e.g. feature names), stored as the ``names``
+        attribute; their number must equal ``shape[-1]``.
+    attrs : dict, optional
+        Extra attributes of the dataset (e.g. ``bands``).
+
+    Examples
+    --------
+    >>> Column(np.float32, (2,), names=("a", "b")).storage_dtype
+    dtype('float32')
+    """
+
+    dtype: Any
+    shape: tuple[int, ...] = ()
+    units: str | None = None
+    names: tuple[str, ...] | None = None
+    attrs: Mapping[str, Any] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.names is not None:
+            object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+            if not self.shape or len(self.names) != self.shape[-1]:
+                raise ValueError(f"{len(self.names)} names for a last axis of shape {self.shape}")
+
+    @property
+    def is_string(self) -> bool:
+        """True for a string column."""
+        return self.dtype is str
+
+    @property
+    def storage_dtype(self):
+        """The HDF5 dtype (h5py's string dtype for ``str``)."""
+        return _STR if self.is_string else np.dtype(self.dtype)
+
+
+def _create(parent: h5py.Group, key: str, col: Column, chunk: int, compression) -> h5py.Dataset:
+    chunks = (max(1, int(chunk)), *(max(s, 1) for s in col.shape))
+    d = parent.create_dataset(
+        key, shape=(0, *col.shape), maxshape=(None, *col.shape), dtype=col.storage_dtype,
+        chunks=chunks, compression=compression,
+    )  # fmt: skip
+    if col.units is not None:
+        d.attrs["units"] = col.units
+    if col.names is not None:
+        d.attrs["names"] = np.array(col.names, dtype=_STR)
+    for k, v in (col.attrs or {}).items():
+        d.attrs[k] = v
+    return d
+
+
+def _as_block(col: Column, v, n: int, key: str) -> np.ndarray:
+    v = np.asarray(v)
+    if col.is_string:
+        v = v.astype(str).astype(object)
+    if v.shape != (n, *col.shape):
+        raise ValueError(f"{key}: expected shape {(n, *col.shape)}, got {v.shape}")
+    return v
 
 
 class ShardWriter:
-    """Append sets block by block to a new shard; the file appears only on success.
+    """Append rows block by block to a new shard; the file appears only on success.
 
     Parameters
     ----------
     path : str or pathlib.Path
-        Final shard path (``.h5``).
-    feature_keys : sequence of str
-        Names of the F feature columns.
+        Final shard path (``.h5``); written to a temporary file renamed on
+        success (:func:`astrobatch.io.atomic.atomic_path`).
+    columns : dict of str to Column
+        Row columns (leading axis = rows).
+    groups : dict of str to dict of str to Column, optional
+        Ragged CSR groups: per group, its element columns.
     chunk_rows : int
-        HDF5 chunk length along rows.
+        HDF5 chunk length of row columns (also stored as the ``chunk_rows`` attr,
+        the streaming read unit of readers).
+    element_chunk_rows : int, optional
+        Chunk length of the element columns of groups (default ``chunk_rows``).
+    compression : str, optional
+        HDF5 filter of every dataset (``"lzf"``, ``"gzip"``; None: none).
     attrs : dict, optional
-        Extra root attributes.
+        Free root attributes (``split``, ``stage``, ...).
+
+    Attributes
+    ----------
+    n_rows : int
+        Rows appended so far.
 
     Examples
     --------
-    >>> import tempfile, pathlib, numpy as np
+    >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "s.h5"
-    >>> with ShardWriter(p, ["x"], chunk_rows=4) as w:
-    ...     w.append(np.ones((3, 1), np.float32), np.array([0, 3]), {"target": np.array([1.0])})
-    >>> read_shard(p)["ptr"].tolist()
-    [0, 3]
+    >>> cols = {"y": Column(np.float32, units="dex"), "id": Column(str)}
+    >>> groups = {"stars": {"x": Column(np.float32, (2,), names=("a", "b"))}}
+    >>> with ShardWriter(p, cols, groups, chunk_rows=4) as w:
+    ...     w.append({"y": [1.0, 2.0], "id": ["u", "v"]},
+    ...              {"stars": ([0, 1, 3], {"x": np.ones((3, 2))})})
+    >>> with open_shard(p, require=["y", "stars/x"]) as r:
+    ...     r.n_rows, r.read("id").tolist(), r.ptr("stars").tolist(), r.names("stars/x")
+    (2, ['u', 'v'], [0, 1, 3], ['a', 'b'])
     """
 
-    def __init__(self, path, feature_keys: Sequence[str], chunk_rows: int = 65536, attrs=None):
+    def __init__(
+        self,
+        path: str | Path,
+        columns: Mapping[str, Column],
+        groups: Mapping[str, Mapping[str, Column]] | None = None,
+        chunk_rows: int = 4096,
+        element_chunk_rows: int | None = None,
+        compression: str | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ):
         self.path = Path(path)
-        self.feature_keys = list(feature_keys)
-        self.chunk_rows = int(chunk_rows)
+        self.columns = dict(columns)
+        self.groups = {g: dict(c) for g, c in (groups or {}).items()}
+        for g in self.groups:
+            if g in self.columns:
+                raise ValueError(f"{g!r} is both a row column and a group")
+            if "ptr" in self.groups[g]:
+                raise ValueError(f"group {g!r}: 'ptr' is reserved for the CSR pointer")
+        self.chunk_rows = max(1, int(chunk_rows))
+        self.element_chunk_rows = max(1, int(element_chunk_rows or self.chunk_rows))
+        self.compression = compression
         self.attrs = dict(attrs or {})
-        self._ctx = None
+        self.n_rows = 0
+        self._n_elements = dict.fromkeys(self.groups, 0)
 
     def __enter__(self) -> ShardWriter:
         self._ctx = atomic_path(self.path)
-        tmp = self._ctx.__enter__()
-        self._f = h5py.File(tmp, "w")
-        F = len(self.feature_keys)
-        self._feat = self._f.create_dataset(
-            "features", shape=(0, F), maxshape=(None, F), dtype=np.float32,
-            chunks=(max(1, self.chunk_rows // max(F, 1)), F),
-        )  # fmt: skip
-        self._ptr = [np.zeros(1, dtype=np.int64)]
-        self._sets: dict[str, list[np.ndarray]] = {}
-        self._rows = 0
+        self._f = h5py.File(self._ctx.__enter__(), "w")
+        self._ds = {
+            k: _create(self._f, k, c, self.chunk_rows, self.compression)
+            for k, c in self.columns.items()
+        }
+        for g, cols in self.groups.items():
+            grp = self._f.create_group(g)
+            ptr = grp.create_dataset(
+                "ptr", shape=(1,), maxshape=(None,), dtype=np.int64,
+                chunks=(self.chunk_rows,), compression=self.compression,
+            )  # fmt: skip
+            ptr[0] = 0
+            for k, c in cols.items():
+                self._ds[f"{g}/{k}"] = _create(grp, k, c, self.element_chunk_rows, self.compression)
+            self._ds[f"{g}/ptr"] = ptr
         return self
 
-    def append(self, features: np.ndarray, ptr: np.ndarray, sets: dict[str, np.ndarray]) -> None:
-        """Append a block of sets.
+    @staticmethod
+    def _extend(d: h5py.Dataset, v: np.ndarray) -> None:
+        if len(v):
+            n = d.shape[0]
+            d.resize(n + len(v), axis=0)
+            d[n:] = v
+
+    def append(
+        self,
+        rows: Mapping[str, Any],
+        groups: Mapping[str, tuple[Any, Mapping[str, Any]]] | None = None,
+    ) -> None:
+        """Append a block of n rows.
 
         Parameters
         ----------
-        features : numpy.ndarray, shape (n_rows, F), float32
-        ptr : numpy.ndarray, shape (n_block_sets + 1,), int64
-            Block-local CSR pointer (starts at 0, ends at n_rows).
-        sets : dict of str to numpy.ndarray, each (n_block_sets,)
-            Per-set columns; every block must carry the same keys.
+        rows : dict of str to array-like
+            Every row column, each of shape (n, *shape); cast to the declared dtype.
+        groups : dict of str to (ptr, dict of str to array-like), optional
+            Every group: a block-local CSR pointer ``ptr`` (n + 1,) (starts at 0,
+            non-decreasing, ends at the block's m elements) and every element
+            column, each (m, *shape).
+
+        Raises
+        ------
+        ValueError
+            Missing or unknown column, inconsistent shapes or a bad block pointer
+            (a programming error, not bad input).
         """
-        n = len(features)
-        if n:
-            self._feat.resize(self._rows + n, axis=0)
-            self._feat[self._rows :] = features
-        self._ptr.append(np.asarray(ptr[1:], dtype=np.int64) + self._rows)
-        self._rows += n
-        for k, v in sets.items():
-            self._sets.setdefault(k, []).append(np.asarray(v))
+        groups = dict(groups or {})
+        if set(rows) != set(self.columns) or set(groups) != set(self.groups):
+            raise ValueError(
+                f"expected columns {sorted(self.columns)} and groups {sorted(self.groups)}, "
+                f"got {sorted(rows)} and {sorted(groups)}"
+            )
+        n = len(np.asarray(next(iter(rows.values())))) if rows else None
+        blocks = {}
+        for g, (ptr, cols) in groups.items():
+            ptr = np.asarray(ptr, dtype=np.int64)
+            n = len(ptr) - 1 if n is None else n
+            if len(ptr) != n + 1 or ptr[0] != 0 or np.any(np.diff(ptr) < 0):
+                raise ValueError(f"{g}/ptr: expected {n + 1} non-decreasing values from 0")
+            if set(cols) != set(self.groups[g]):
+                want = sorted(self.groups[g])
+                raise ValueError(f"group {g}: expected columns {want}, got {sorted(cols)}")
+            m = int(ptr[-1])
+            for k, c in self.groups[g].items():
+                blocks[f"{g}/{k}"] = _as_block(c, cols[k], m, f"{g}/{k}")
+            blocks[f"{g}/ptr"] = ptr[1:] + self._n_elements[g]
+            self._n_elements[g] += m
+        if n is None:
+            raise ValueError("a shard without columns or groups has no rows")
+        for k, c in self.columns.items():
+            blocks[k] = _as_block(c, rows[k], n, k)
+        for k, v in blocks.items():
+            self._extend(self._ds[k], v)
+        self.n_rows += n
 
     def __exit__(self, exc_type, exc, tb):
         try:
             if exc_type is None:
-                f = self._f
-                f.attrs["format"] = SHARD_FORMAT
-                f.attrs["feature_keys"] = np.array(self.feature_keys, dtype=h5py.string_dtype())
+                a = self._f.attrs
+                a["format"] = SHARD_FORMAT
+                a["version"] = SHARD_VERSION
+                a["n_rows"] = self.n_rows
+                a["chunk_rows"] = self.chunk_rows
                 for k, v in self.attrs.items():
-                    f.attrs[k] = v
-                f.create_dataset("ptr", data=np.concatenate(self._ptr))
-                g = f.create_group("sets")
-                for k, parts in self._sets.items():
-                    v = np.concatenate(parts)
-                    if v.dtype.kind in "UO":
-                        v = v.astype(object).astype(h5py.string_dtype())
-                    g.create_dataset(k, data=v)
+                    a[k] = v
             self._f.close()
         finally:
             self._ctx.__exit__(exc_type, exc, tb)
         return False
 
 
-def _dec(v: np.ndarray) -> np.ndarray:
-    if v.dtype.kind in "OS":
-        return np.array([s.decode() if isinstance(s, bytes) else str(s) for s in v])
-    return v
+# ----------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------
 
 
-def read_shard(path: str | Path, load_features: bool = True) -> dict:
-    """Read a shard's index (and optionally its features) into memory, validating it.
+def _strings(v) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in np.atleast_1d(v)]
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray) and v.dtype.kind in "OS":
+        return _strings(v)
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _dataset_info(d: h5py.Dataset) -> dict:
+    return {
+        "shape": tuple(d.shape),
+        "dtype": str if h5py.check_string_dtype(d.dtype) else d.dtype,
+        "units": _attr(d.attrs["units"]) if "units" in d.attrs else None,
+        "names": _strings(d.attrs["names"]) if "names" in d.attrs else None,
+        "chunks": d.chunks,
+    }
+
+
+def shard_info(path: str | Path, require: Iterable[str] = ()) -> dict:
+    """Validate a shard and return its metadata (only the CSR pointers are read).
+
+    Checks: the file exists and is HDF5; root attrs ``format`` ==
+    ``"astrobatch.shard"`` and ``version`` == 1; ``n_rows`` and ``chunk_rows``
+    present; every ``require``-d key present; every row column has ``n_rows``
+    rows; every group has an int64 ``ptr`` of ``n_rows + 1`` values going from 0,
+    non-decreasing, to the length of each of its element columns.
 
     Parameters
     ----------
     path : str or pathlib.Path
-    load_features : bool
-        When False, ``features`` is omitted (use :func:`open_features` to stream).
+    require : iterable of str
+        Keys that must exist: row columns (``"x"``), group columns
+        (``"stars/features"``) or groups (``"stars"``).
 
     Returns
     -------
     dict
-        ``ptr`` (n_sets+1,) int64, ``sets`` dict of (n_sets,) arrays,
-        ``feature_keys`` list of str, ``attrs`` dict, ``n_rows`` int, and
-        ``features`` (n_rows, F) float32 when loaded.
+        ``path`` (pathlib.Path), ``n_rows`` int, ``chunk_rows`` int, ``version``
+        int, ``attrs`` dict (free root attrs, strings decoded), ``columns`` dict
+        of key -> {``shape``, ``dtype`` (numpy dtype or ``str``), ``units``,
+        ``names``, ``chunks``} for row and group columns (group columns keyed
+        ``"group/column"``), ``groups`` dict of group -> {``n_elements`` int,
+        ``columns`` list of str}.
 
     Raises
     ------
     InputError
-        Missing file, unreadable or corrupted HDF5, missing key, inconsistent shapes.
+        Missing file, unreadable or corrupted HDF5, wrong format or version,
+        missing key, wrong row count, invalid CSR pointer.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("prepared shard not found (run prepare first)", path)
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != SHARD_FORMAT:
-                raise InputError(f"not a prepared shard (format attr != {SHARD_FORMAT})", path)
-            for k in ("features", "ptr", "sets/target"):
+            fmt = _attr(f.attrs.get("format"))
+            if fmt != SHARD_FORMAT:
+                raise InputError(f"not a prepared shard: expected {SHARD_FORMAT!r}, got {fmt!r} "
+                                 "(re-run prepare)", path, "format")  # fmt: skip
+            version = _attr(f.attrs.get("version"))
+            if version != SHARD_VERSION:
+                raise InputError(f"unsupported shard version {version!r}, expected "
+                                 f"{SHARD_VERSION} (re-run prepare)", path, "version")  # fmt: skip
+            for k in ("n_rows", "chunk_rows"):
+                if k not in f.attrs:
+                    raise InputError("missing root attribute (expected an int)", path, k)
+            n = int(f.attrs["n_rows"])
+            chunk_rows = max(1, int(f.attrs["chunk_rows"]))
+            for k in require:
                 if k not in f:
                     raise InputError("missing key in prepared shard", path, k)
-            ptr = f["ptr"][()]
-            n_rows, F = f["features"].shape
-            keys = [s.decode() if isinstance(s, bytes) else str(s) for s in f.attrs["feature_keys"]]
-            out = {
-                "ptr": ptr,
-                "sets": {k: _dec(f["sets"][k][()]) for k in f["sets"]},
-                "feature_keys": keys,
-                "attrs": {k: f.attrs[k] for k in f.attrs if k != "feature_keys"},
-                "n_rows": int(n_rows),
+            columns, groups = {}, {}
+            for k, obj in f.items():
+                if isinstance(obj, h5py.Dataset):
+                    if obj.shape[:1] != (n,):
+                        raise InputError(f"expected {n} rows (n_rows), got shape {obj.shape}",
+                                         path, k)  # fmt: skip
+                    columns[k] = _dataset_info(obj)
+                    continue
+                if "ptr" not in obj:
+                    raise InputError("missing CSR pointer of a ragged group", path, f"{k}/ptr")
+                ptr = obj["ptr"][()]
+                if (not np.issubdtype(ptr.dtype, np.integer) or ptr.shape != (n + 1,)
+                        or ptr[0] != 0 or np.any(np.diff(ptr) < 0)):  # fmt: skip
+                    raise InputError(
+                        f"expected int64 ({n + 1},) (n_rows + 1) going from 0, non-decreasing; "
+                        f"got {ptr.dtype} {ptr.shape}", path, f"{k}/ptr",
+                    )  # fmt: skip
+                m = int(ptr[-1])
+                for c, d in obj.items():
+                    if c == "ptr":
+                        continue
+                    if d.shape[:1] != (m,):
+                        raise InputError(f"expected {m} elements (ptr[-1]), got shape {d.shape}",
+                                         path, f"{k}/{c}")  # fmt: skip
+                    columns[f"{k}/{c}"] = _dataset_info(d)
+                groups[k] = {"n_elements": m, "columns": [c for c in obj if c != "ptr"]}
+            attrs = {
+                k: _attr(v)
+                for k, v in f.attrs.items()
+                if k not in ("format", "version", "n_rows", "chunk_rows")
             }
-            if load_features:
-                out["features"] = f["features"][()]
     except InputError:
         raise
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, TypeError) as err:
         raise InputError(f"corrupted or unreadable shard ({err})", path) from None
-    if len(keys) != F:
-        raise InputError(f"feature_keys has {len(keys)} names for {F} columns", path, "features")
-    if ptr[0] != 0 or ptr[-1] != n_rows or np.any(np.diff(ptr) < 0):
-        raise InputError(f"ptr must go from 0 to n_rows={n_rows}, non-decreasing", path, "ptr")
-    for k, v in out["sets"].items():
-        if len(v) != len(ptr) - 1:
-            raise InputError(f"expected {len(ptr) - 1} values, got {len(v)}", path, f"sets/{k}")
-    return out
+    return {
+        "path": path,
+        "n_rows": n,
+        "chunk_rows": chunk_rows,
+        "version": version,
+        "attrs": attrs,
+        "columns": columns,
+        "groups": groups,
+    }
+
+
+class ShardReader:
+    """A validated shard, its datasets opened on first access (picklable).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    require : iterable of str
+        Keys that must exist (see :func:`shard_info`).
+    cache : dict, optional
+        h5py chunk-cache options of the open file (``rdcc_nbytes``,
+        ``rdcc_nslots``), e.g. :data:`LARGE_CACHE`; None: h5py's default (1 MiB).
+
+    Attributes
+    ----------
+    info : dict
+        :func:`shard_info` of the file.
+
+    Raises
+    ------
+    InputError
+        See :func:`shard_info`.
+
+    Notes
+    -----
+    The HDF5 file is opened lazily and the handle kept (HDF5's chunk cache
+    belongs to the open dataset); pickling (DataLoader workers) drops it, and
+    the copy re-opens the file on first access.
+    """
+
+    def __init__(self, path: str | Path, require: Iterable[str] = (), cache: dict | None = None):
+        self.path = Path(path)
+        self.info = shard_info(self.path, require)
+        self.cache = dict(cache or {})
+        self._file: h5py.File | None = None
+        self._ds: dict[str, h5py.Dataset] = {}
+
+    @property
+    def n_rows(self) -> int:
+        """Rows in the shard."""
+        return self.info["n_rows"]
+
+    @property
+    def chunk_rows(self) -> int:
+        """Chunk length of the row columns (the streaming read unit)."""
+        return self.info["chunk_rows"]
+
+    @property
+    def attrs(self) -> dict:
+        """Free root attributes (``split``, ``stage``, ...)."""
+        return self.info["attrs"]
+
+    @property
+    def file(self) -> h5py.File:
+        """The open HDF5 file (opened on first use)."""
+        if self._file is None:
+            try:
+                self._file = h5py.File(self.path, "r", **self.cache)
+            except OSError as err:
+                raise InputError(f"unreadable shard ({err})", self.path) from None
+        return self._file
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.info["columns"] or key in self.info["groups"]
+
+    def __getitem__(self, key: str) -> h5py.Dataset:
+        """The (lazy) dataset ``key`` (``"x"``, ``"stars/features"``, ``"stars/ptr"``).
+
+        Raises
+        ------
+        InputError
+            Unknown key.
+        """
+        if key not in self.info["columns"] and not (
+            key.endswith("/ptr") and key[:-4] in self.info["groups"]
+        ):
+            raise InputError("missing key in prepared shard", self.path, key)
+        if key not in self._ds:  # keep the handle: the chunk cache belongs to the open dataset
+            self._ds[key] = self.file[key]
+        return self._ds[key]
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows (or elements) ``start:stop`` of ``key``; strings as a ``numpy.str_`` array."""
+        d = self[key]
+        if h5py.check_string_dtype(d.dtype):
+            return np.array(d.asstr()[start:stop], dtype=str)
+        return d[start:stop]
+
+    def ptr(self, group: str) -> np.ndarray:
+        """CSR pointer of ``group``, int64 (n_rows + 1,)."""
+        if group not in self.info["groups"]:
+            raise InputError("missing ragged group in prepared shard", self.path, group)
+        return self.file[f"{group}/ptr"][()]
+
+    def names(self, key: str) -> list[str] | None:
+        """Labels of the last axis of ``key`` (its ``names`` attr), or None."""
+        self[key]
+        return self.info["columns"][key]["names"]
+
+    def units(self, key: str) -> str | None:
+        """Units of ``key`` (its ``units`` attr), or None."""
+        self[key]
+        return self.info["columns"][key]["units"]
+
+    def close(self) -> None:
+        """Close the file (re-opened on next access)."""
+        self._ds = {}
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"], state["_ds"] = None, {}
+        return state
+
+
+def open_shard(path: str | Path, require: Iterable[str] = (), cache: dict | None = None):
+    """Validate and open a shard: a :class:`ShardReader` (usable as a context manager).
+
+    Raises
+    ------
+    InputError
+        See :func:`shard_info`.
+    """
+    return ShardReader(path, require, cache)

@@ -8,10 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
+from astrobatch.data.layouts import SET_ELEMENTS, SET_FEATURES, SET_REQUIRED
 from astrobatch.data.scalers import load_scalers
 from astrobatch.errors import InputError
 from astrobatch.io.sets import read_csr_h5, write_upstream_npz
-from astrobatch.io.shards import read_shard
+from astrobatch.io.shards import open_shard
 from astrobatch.params import SplitParams
 from astrobatch.studies.star_sets.prepare import prepare, split_runs
 from tests.conftest import shared_data_dir, tiny_params
@@ -40,6 +41,16 @@ def test_too_few_runs():
         split_runs(["a", "b"], None, SplitParams())
 
 
+def _read(path):
+    """A prepared set shard in memory: features, ptr, per-set columns, element count."""
+    with open_shard(path, require=SET_REQUIRED) as r:
+        sets = {k: r.read(k) for k in r.info["columns"] if "/" not in k}
+        features = r.read(SET_FEATURES)
+        assert len(r.names(SET_FEATURES)) == features.shape[1]  # the feature names
+        return {"features": features, "ptr": r.ptr(SET_ELEMENTS), "sets": sets,
+                "n_rows": r.info["groups"][SET_ELEMENTS]["n_elements"]}  # fmt: skip
+
+
 def test_prepare_outputs(tiny_raw, tiny_prepared):
     manifest = json.loads((tiny_prepared / "manifest.json").read_text())
     runs = manifest["runs"]
@@ -47,7 +58,7 @@ def test_prepare_outputs(tiny_raw, tiny_prepared):
     assert not set(runs["train"]) & set(runs["test"])
     assert not set(runs["val"]) & set(runs["test"])
     raw = read_csr_h5(tiny_raw)
-    shards = {s: read_shard(tiny_prepared / f"{s}.h5") for s in ("train", "val", "test")}
+    shards = {s: _read(tiny_prepared / f"{s}.h5") for s in ("train", "val", "test")}
     for s, sh in shards.items():
         assert set(sh["sets"]["run_id"]) == set(runs[s])  # shards hold exactly their runs
         assert sh["features"].dtype == np.float32

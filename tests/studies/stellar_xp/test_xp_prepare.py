@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from astrobatch.data.scalers import load_table_scalers
-from astrobatch.data.tables import read_table_shard, shard_info
+from astrobatch.data.tables import read_table_shard, table_info
 from astrobatch.errors import InputError
 from astrobatch.io.compound_h5 import CompoundH5Writer, iter_blocks, list_keys
 from astrobatch.io.fits_tables import read_fits_table, write_fits_table
@@ -46,7 +46,7 @@ def test_outputs_and_manifest(xp_prepared):
     assert m["counts"]["pretrain_train"] == 1200 + 2000 - real["n_val"]
     assert sum(m["counts"][f"finetune_{s}"] for s in ("train", "val", "test")) == 800
     for s in SHARDS:
-        info = shard_info(out / f"{s}.h5")
+        info = table_info(out / f"{s}.h5")
         assert info["features"] == m["features"] and info["n_rows"] == m["counts"][s]
         assert info["labelled"] == s.startswith("finetune")
     d = read_table_shard(out / "finetune_val.h5")
@@ -185,7 +185,7 @@ def test_real_only_and_simulated_only(xp_raw, tmp_path):
     )
     m = prepare(tiny_xp_params(raw, pretrain_sources="simulated"), tmp_path / "sim")
     assert m["counts"]["pretrain_val_real"] == 0 and m["sources"]["real"] is None
-    assert shard_info(tmp_path / "sim" / "pretrain_val_real.h5")["n_rows"] == 0
+    assert table_info(tmp_path / "sim" / "pretrain_val_real.h5")["n_rows"] == 0
 
 
 def _expect_error(params, out, match):

@@ -22,11 +22,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
-from astrobatch.data.images import CutoutDataModule, keep_mask
+from astrobatch.data.images import CutoutDataModule, keep_mask, open_shard
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import age_metrics
 from astrobatch.studies.cluster_age.params import ClusterAgeParams
@@ -63,7 +62,7 @@ def _subsets(true: np.ndarray) -> dict[str, np.ndarray]:
 
 def photometric_features(prepared_dir: Path, split: str) -> tuple[np.ndarray, str]:
     """Magnitudes and adjacent colours of one split, shape (n, 2C - 1), and their source."""
-    with h5py.File(prepared_dir / f"{split}.h5", "r") as f:
+    with open_shard(prepared_dir / f"{split}.h5") as f:
         if "catalogue_magnitudes" in f:
             mags, source = f["catalogue_magnitudes"][:], "catalogue"
         else:
@@ -149,8 +148,8 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
             ]
             for k in draws[0]:
                 metrics[f"baseline/random/{name}/{k}_{Q}"] = float(np.mean([d[k] for d in draws]))
-        with h5py.File(prepared_dir / f"{split}.h5", "r") as f:
-            ids, gal = f["cluster_id"][:], f["galaxy_id"].asstr()[:]
+        with open_shard(prepared_dir / f"{split}.h5", require=("cluster_id", "galaxy_id")) as f:
+            ids, gal = f.read("cluster_id"), f.read("galaxy_id")
         rows.append(
             pd.DataFrame({
                 "split": split, "cluster_id": ids, "galaxy_id": gal, "log_age_true": true,

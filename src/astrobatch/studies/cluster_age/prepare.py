@@ -5,10 +5,12 @@ Steps (spec ``studies/cluster_age.md``):
 1. open and validate ``raw_phangs_dataset.h5`` (any N; :func:`astrobatch.io.cutouts.open_cutouts`);
 2. ``remove_extremes``: keep ``log_age_range`` (7 <= log_age <= 9.5 dex) before splitting;
 3. split 70/15/15, seeded at random (upstream) or grouped by galaxy (no galaxy in two splits);
-4. per split, write ``{split}.h5`` block by block: central crop of ``crop_size`` pixels of
-   the raw cutouts (``images`` float32 (n, C, S, S), chunked ``(chunk_images, C, S, S)``),
-   ``log_age``, ``cluster_id``, ``galaxy_id``, aperture ``photometry`` (Vega mag, measured
-   on the full raw cutout) and, when the raw file has them, ``catalogue_magnitudes``;
+4. per split, write the shard ``{split}.h5`` block by block (:mod:`astrobatch.io.shards`,
+   columns of :func:`astrobatch.data.layouts.cutout_layout`): central crop of ``crop_size``
+   pixels of the raw cutouts (``images`` float32 (n, C, S, S), chunked
+   ``(chunk_images, C, S, S)``), ``log_age``, ``cluster_id``, ``galaxy_id``, aperture
+   ``photometry`` (Vega mag, measured on the full raw cutout) and, when the raw file has
+   them, ``catalogue_magnitudes``;
 5. ``manifest.json``: input file, counts, the cluster ids of each split, the training
    min/max of log age (the target scaling) and the per-split galaxies.
 
@@ -21,12 +23,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from astrobatch.data.layouts import cutout_layout
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_dir, write_json
 from astrobatch.io.cutouts import open_cutouts
+from astrobatch.io.shards import ShardWriter
 from astrobatch.params import ImageSplitParams
 from astrobatch.studies.cluster_age.params import ClusterAgeData
 from astrobatch.studies.cluster_age.photometry import ZEROPOINTS_VEGA, aperture_magnitudes
@@ -165,38 +168,34 @@ def prepare(
             idx = parts[name]
             n = len(idx)
             chunk = max(1, min(data.chunk_images, n))
-            with h5py.File(tmp / f"{name}.h5", "w") as f:
-                img = f.create_dataset(
-                    "images", (n, raw.n_channels, size, size), np.float32,
-                    chunks=(chunk, raw.n_channels, size, size) if n else None,
-                )  # fmt: skip
-                img.attrs["bands"] = list(raw.bands)
-                img.attrs["units"] = raw.image_units
-                phot = f.create_dataset("photometry", (n, n_bands), np.float32)
-                phot.attrs["units"] = "Vega mag, aperture photometry of the raw cutout"
-                phot.attrs["aperture_radius_px"] = data.aperture_radius_px
+            columns = cutout_layout(
+                raw.n_channels, size, raw.bands, raw.image_units, data.aperture_radius_px,
+                None if catalogue is None else catalogue.shape[1:],
+            )  # fmt: skip
+            with ShardWriter(tmp / f"{name}.h5", columns, chunk_rows=chunk,
+                             attrs={"split": name}) as w:  # fmt: skip
                 for a in range(0, n, chunk):
                     sel = idx[a : a + chunk]
                     block = raw.read_images(sel)
-                    img[a : a + len(sel)] = _crop(block, size)
                     if zps is not None:
-                        phot[a : a + len(sel)] = aperture_magnitudes(
+                        phot = aperture_magnitudes(
                             block, zps, data.aperture_radius_px, data.sky_annulus_px
                         )
                     else:
-                        phot[a : a + len(sel)] = np.nan
+                        phot = np.full((len(sel), n_bands), np.nan, np.float32)
+                    rows = {
+                        "images": _crop(block, size),
+                        "photometry": phot,
+                        "log_age": log_age[sel].astype(np.float32),
+                        "cluster_id": raw.cluster_ids[sel].astype(np.int64),
+                        "galaxy_id": np.asarray(raw.galaxy_ids)[sel],
+                    }
+                    if catalogue is not None:
+                        rows["catalogue_magnitudes"] = catalogue[sel].astype(np.float32)
+                    w.append(rows)
                     done += len(sel)
                     if progress:
                         progress(done, total)
-                f["log_age"] = log_age[idx].astype(np.float32)
-                f["log_age"].attrs["units"] = "log10 yr"
-                f["cluster_id"] = raw.cluster_ids[idx].astype(np.int64)
-                f.create_dataset(
-                    "galaxy_id", data=np.asarray(raw.galaxy_ids)[idx].astype(object),
-                    dtype=h5py.string_dtype(),
-                )  # fmt: skip
-                if catalogue is not None:
-                    f["catalogue_magnitudes"] = catalogue[idx].astype(np.float32)
         train_age = log_age[parts["train"]]
         manifest = {
             "raw_path": str(data.raw_path),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
@@ -113,7 +112,7 @@ def make_datasets(
 def build_model(params: ClusterAgeParams, prepared_dir: str | Path) -> AgeCNN:
     """The CNN for the prepared cutout size and the chosen input (1im / 5im)."""
     path = Path(prepared_dir) / "train.h5"
-    with h5py.File(path, "r") as f:
+    with open_shard(path) as f:
         _, c, s, _ = f["images"].shape
     in_ch = 1 if params.model.input == "1im" else c
     m = params.model

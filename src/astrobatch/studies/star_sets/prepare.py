@@ -11,8 +11,8 @@ Inputs (``star_sets.data.raw_format``):
   (:func:`astrobatch.studies.star_sets.physics.snapshot_targets`).
 
 Outputs in ``data/prepared/star_sets/``: ``manifest.json`` (runs per split),
-``scalers.json`` and ``{train,val,test}.h5`` shards
-(:mod:`astrobatch.io.shards`).
+``scalers.json`` and ``{train,val,test}.h5`` shards (:mod:`astrobatch.io.shards`, columns
+of :func:`astrobatch.data.layouts.set_layout`).
 
 Angular features (``lon_deg``, ``lat_deg``) are re-centred per snapshot on
 their median (longitude differences wrapped into [-180, 180) deg) before
@@ -33,6 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from astrobatch.data.layouts import SET_ELEMENTS, set_layout
 from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, save_scalers
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_dir, write_json
@@ -500,17 +501,20 @@ def _prepare(src: RawSource, params: StarSetsData, out_dir: Path, progress) -> d
         "n_snapshots": {s: len(idx[s]) for s in SPLITS},
         "n_stars": {s: int(np.diff(src.ptr)[idx[s]].sum()) for s in SPLITS},
     }
+    columns, groups = set_layout(params.features, {k: v.dtype for k, v in set_cols.items()})
     total, done = src.n_sets, 0
     with atomic_dir(out_dir) as tmp:
         for s in SPLITS:
             with ShardWriter(
-                tmp / f"{s}.h5", params.features, params.chunk_rows,
+                tmp / f"{s}.h5", columns, groups, chunk_rows=params.chunk_rows,
+                element_chunk_rows=max(1, params.chunk_rows // max(len(params.features), 1)),
                 attrs={"split": s, "target_key": params.target},
             ) as w:  # fmt: skip
                 for block in _blocks(src, idx[s], params.features, params.chunk_rows):
                     sets = {k: v[block.index] for k, v in set_cols.items()}
                     sets["target"] = target_scaler.to_model_space(target[block.index])
-                    w.append(feature_scaler.transform(block.features), block.ptr, sets)
+                    features = feature_scaler.transform(block.features)
+                    w.append(sets, {SET_ELEMENTS: (block.ptr, {"features": features})})
                     done += len(block.index)
                     if progress:
                         progress(done, total)

@@ -34,7 +34,8 @@ Splits (deterministic, independent of any training seed)
 
 Outputs (one atomic folder: nothing is half-written)
     ``pretrain_train.h5``, ``pretrain_val.h5``, ``pretrain_val_real.h5``,
-    ``finetune_{train,val,test}.h5`` (:mod:`astrobatch.io.table_shards` layout),
+    ``finetune_{train,val,test}.h5`` (:mod:`astrobatch.io.shards`, columns of
+    :func:`astrobatch.data.layouts.table_layout`),
     ``scalers.json`` and ``manifest.json``. Every input is read and every shard
     written in blocks of ``chunk_rows`` rows, so peak memory depends on
     ``chunk_rows`` and ``scaler_max_rows``, not on the size of the inputs.
@@ -50,13 +51,14 @@ from pathlib import Path
 
 import numpy as np
 
+from astrobatch.data.layouts import table_layout
 from astrobatch.data.scalers import RobustScaler, StandardScaler, save_table_scalers
 from astrobatch.errors import InputError
 from astrobatch.io import compound_h5 as ch5
 from astrobatch.io.atomic import atomic_dir, write_json
 from astrobatch.io.fits_tables import fits_table_info, iter_fits_blocks
 from astrobatch.io.gaia_xp import read_gaia_xp
-from astrobatch.io.table_shards import TableShardWriter
+from astrobatch.io.shards import ShardWriter
 from astrobatch.params import SplitParams
 from astrobatch.studies.stellar_xp.columns import (
     ALL_LABELS,
@@ -485,9 +487,11 @@ def _feature_scaler(
 
 
 def _write_pretrain(path, blocks, scaler: RobustScaler, features, chunk_rows, attrs, tick) -> int:
-    with TableShardWriter(path, features, None, chunk_rows, attrs) as w:
+    columns = table_layout(features)
+    with ShardWriter(path, columns, chunk_rows=chunk_rows, compression="lzf", attrs=attrs) as w:
         for ids, x, err in blocks:
-            w.append(scaler.transform(x), scaler.transform_errors(err), ids)
+            w.append({"x": scaler.transform(x), "x_err": scaler.transform_errors(err),
+                      "source_id": ids})  # fmt: skip
             tick(len(ids))
         return w.n_rows
 
@@ -616,12 +620,12 @@ def prepare(
         with contextlib.ExitStack() as stack:
             writers = [
                 stack.enter_context(
-                    TableShardWriter(
+                    ShardWriter(
                         tmp / f"finetune_{s}.h5",
-                        features,
-                        labels,
-                        chunk,
-                        {"stage": "finetune", "split": s},
+                        table_layout(features, labels),
+                        chunk_rows=chunk,
+                        compression="lzf",
+                        attrs={"stage": "finetune", "split": s},
                     )
                 )
                 for s in FINETUNE_SPLITS
@@ -632,7 +636,8 @@ def prepare(
                 for k, w in enumerate(writers):
                     m = split == k
                     if m.any():
-                        w.append(xs[m], es[m], ids[m], ys[m], yes[m])
+                        w.append({"x": xs[m], "x_err": es[m], "source_id": ids[m],
+                                  "y": ys[m], "y_err": yes[m]})  # fmt: skip
                 tick(len(ids))
         for s, w in zip(FINETUNE_SPLITS, writers, strict=True):
             counts[f"finetune_{s}"] = w.n_rows
