@@ -43,14 +43,15 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_prepared):
     assert full.wait(timeout=300) == 0, full.stderr.read()
 
     job = _train(params, tiny_prepared, tmp_path / "cut")
-    last = tmp_path / "cut/models/last.ckpt"
+    last = tmp_path / "cut/.models.partial/last.ckpt"  # a run is built beside its folder
     deadline = time.time() + 240
     while not last.exists() and job.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.kill(job.pid, signal.SIGKILL)  # killed after its first checkpoint, mid-training
     job.wait(timeout=60)
-    state = json.loads((tmp_path / "cut/models/train_state.json").read_text())
+    state = json.loads((tmp_path / "cut/.models.partial/train_state.json").read_text())
     assert state["complete"] is False, "the job finished before it could be killed"
+    assert not (tmp_path / "cut/models").exists()
 
     again = _train(params, tiny_prepared, tmp_path / "cut")
     assert again.wait(timeout=300) == 0, again.stderr.read()
@@ -59,7 +60,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_prepared):
     assert b["resumed"] is True and a["resumed"] is False
     assert b["global_step"] == a["global_step"]
     assert b["best_val_loss"] == pytest.approx(a["best_val_loss"], rel=1e-6)
-    wa = torch.load(tmp_path / "full/models/last.ckpt", weights_only=False)["state_dict"]
-    wb = torch.load(tmp_path / "cut/models/last.ckpt", weights_only=False)["state_dict"]
+    wa = torch.load(tmp_path / "full/models/last.ckpt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "cut/models/last.ckpt", weights_only=True)["state_dict"]
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)

@@ -22,6 +22,7 @@ list, a negative learning rate).
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -32,6 +33,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -41,9 +43,13 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 class Strict(BaseModel):
-    """Base for all params models: unknown keys are errors."""
+    """Base for all params models: unknown keys are errors, numbers must be finite.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    ``allow_inf_nan=False``: ``.inf``, ``-.inf`` and ``.nan`` are refused in every float
+    field (a learning rate of ``.inf`` would train to NaN and exit 0).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def OrderedRange(
@@ -162,14 +168,31 @@ class TrainingParams(Strict):
     gradient_clip_val: float = Field(0.5, gt=0)
     patience: int = Field(10, ge=1, description="early stopping on val loss")
     num_workers: int = Field(0, ge=0)
-    accelerator: str = "auto"
-    devices: int | str = 1
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
+    devices: int | str = Field(
+        1, description="devices per node: a count >= 1, -1 (all), auto, or GPU ids '0,1'"
+    )
     num_nodes: int = Field(1, ge=1, description="nodes (multi-node DDP under SLURM: srun)")
-    strategy: str = "auto"
-    precision: str = "32-true"
+    strategy: Literal[
+        "auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameters_true", "fsdp",
+        "single_device", "deepspeed",
+    ] = "auto"  # fmt: skip
+    precision: Literal[
+        "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
+        "transformer-engine",
+    ] = "32-true"  # fmt: skip
     resume: Literal["auto", "never"] = Field(
         "auto", description="auto: continue from last.ckpt of an interrupted identical run"
     )
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and (v >= 1 or v == -1):
+            return v
+        if isinstance(v, str) and (v == "auto" or re.fullmatch(r"\d+(,\d+)*,?", v)):
+            return v
+        raise ValueError(f"expected a count >= 1, -1, 'auto' or GPU ids like '0,1'; got {v!r}")
 
 
 #: Top-level keys of params.yaml that are not study sections (shared settings).

@@ -5,11 +5,14 @@ Every study trains through :func:`fit`: best and last checkpoints
 ``val/loss``, curves logged with DVCLive, and automatic resumption: the model
 folder holds ``train_state.json`` with a fingerprint of everything that
 determines the run (params, prepared data); if an identical run was
-interrupted, the next call continues from ``last.ckpt``; otherwise the folder
-is cleared and training starts afresh. Data draws depend only on (seed,
+interrupted, the next call continues from ``last.ckpt``; otherwise training starts
+afresh. A run is built in a partial folder beside the model folder
+(:func:`partial_dir`, ``models/.<study>.partial``) and swapped in only when it has
+finished, so a failed or interrupted run never removes the previous model; an
+interrupted run's ``last.ckpt`` waits there for the resume. Data draws depend only on (seed,
 epoch, index) (:mod:`astrobatch.data.sets`), so a resumed run ends with the
 same weights as an uninterrupted one. Under SLURM, SIGUSR1 makes Lightning save
-``hpc_ckpt_<n>.ckpt`` in the model folder and requeue the job; the requeued run
+``hpc_ckpt_<n>.ckpt`` in the partial folder and requeue the job; the requeued run
 resumes from whichever of it and ``last.ckpt`` is newer (see :mod:`astrobatch.slurm`).
 """
 
@@ -19,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import signal
 from collections.abc import Callable, Iterable
@@ -80,12 +82,30 @@ class EpochLog(Callback):
         )
 
 
+def partial_dir(path: str | Path) -> Path:
+    """Where a run builds ``path`` before it is swapped in: ``<parent>/.<name>.partial``.
+
+    A fresh run trains there; an interrupted run leaves its ``last.ckpt`` and
+    ``train_state.json`` there (the previous model in ``path`` untouched) and the next call
+    resumes from it; a finished run replaces ``path`` with it.
+
+    Examples
+    --------
+    >>> partial_dir("models/star_sets").as_posix()
+    'models/.star_sets.partial'
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
 def _resume_path(model_dir: Path, fp: str, mode: str) -> Path | None:
     state_path = model_dir / STATE_FILE
     if mode == "auto" and state_path.is_file():
         try:
             state = json.loads(state_path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            state = {}
+        if not isinstance(state, dict):
             state = {}
         if state.get("fingerprint") == fp and not state.get("complete", False):
             # last.ckpt (every epoch) or, when newer, the hpc_ckpt_<n>.ckpt that Lightning saves
@@ -93,6 +113,63 @@ def _resume_path(model_dir: Path, fp: str, mode: str) -> Path | None:
             ckpts = [p for p in (model_dir / "last.ckpt", *model_dir.glob(HPC_GLOB)) if p.is_file()]
             return max(ckpts, key=lambda p: p.stat().st_mtime, default=None)
     return None
+
+
+def _readable_checkpoint(path: Path) -> bool:
+    """Whether a resume checkpoint loads with a weights-only load (never a full unpickle)."""
+    from astrobatch.errors import InputError
+    from astrobatch.tasks.checkpoints import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(path)
+    except InputError as err:
+        log.warning("cannot resume from %s (%s); starting afresh", path, err)
+        return False
+    if "state_dict" not in ckpt or "loops" not in ckpt:
+        log.warning("cannot resume from %s (not a full training checkpoint); starting afresh", path)
+        return False
+    return True
+
+
+def _check_data(datamodule: L.LightningDataModule) -> None:
+    """Build the train and val loaders once, so that missing or bad shards fail first."""
+    for name in ("train_dataloader", "val_dataloader"):
+        loader = getattr(datamodule, name, None)
+        if callable(loader):
+            loader()
+
+
+def _trainer(training: TrainingParams, root: Path, **kwargs: Any) -> L.Trainer:
+    """The Lightning Trainer of ``training``; its own checks become a ParamsError."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from astrobatch.errors import ParamsError
+
+    try:
+        return L.Trainer(
+            max_epochs=training.max_epochs,
+            accelerator=training.accelerator,
+            devices=training.devices,
+            num_nodes=training.num_nodes,
+            strategy=training.strategy,
+            default_root_dir=root,
+            precision=training.precision,
+            gradient_clip_val=training.gradient_clip_val,
+            deterministic="warn",
+            enable_progress_bar=interactive(),
+            enable_model_summary=interactive(),
+            use_distributed_sampler=False,
+            log_every_n_steps=1,
+            num_sanity_val_steps=0,
+            **kwargs,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as err:
+        raise ParamsError(
+            "training: the Lightning Trainer refuses accelerator="
+            f"{training.accelerator!r}, devices={training.devices!r}, "
+            f"strategy={training.strategy!r}, precision={training.precision!r}: "
+            f"{str(err).splitlines()[0][:300]}"
+        ) from None
 
 
 def fit(
@@ -106,6 +183,11 @@ def fit(
     callbacks: list[Callback] | None = None,
 ) -> dict:
     """Train ``task`` with early stopping, checkpoints, DVCLive curves and auto-resume.
+
+    Nothing of a previous model is removed before the new one is complete: the run is built
+    in :func:`partial_dir` of ``model_dir`` and ``live_dir`` and swapped in on success. Before
+    anything is cleared, the train and val loaders are built (missing or bad shards raise
+    first) and so is the Trainer (bad Lightning settings raise ParamsError).
 
     Parameters
     ----------
@@ -129,32 +211,35 @@ def fit(
     -------
     dict
         The final ``train_state.json`` content: best val loss, epochs, paths.
+
+    Raises
+    ------
+    astrobatch.errors.InputError
+        Missing or invalid prepared data (from the datamodule).
+    astrobatch.errors.ParamsError
+        Trainer settings that Lightning refuses.
     """
     from dvclive.lightning import DVCLiveLogger
 
+    from astrobatch.io.atomic import swap_in
+
     model_dir, live_dir = Path(model_dir), Path(live_dir)
-    ckpt = _resume_path(model_dir, fp, training.resume)
+    work, work_live = partial_dir(model_dir), partial_dir(live_dir)
+    ckpt = _resume_path(work, fp, training.resume)
+    if ckpt is not None and not _readable_checkpoint(ckpt):
+        ckpt = None
+    _check_data(datamodule)
     # Under srun / DDP every rank runs this function: only rank 0 clears and marks the folders.
     first = all(os.environ.get(v, "0") == "0" for v in ("SLURM_PROCID", "RANK", "LOCAL_RANK"))
-    if ckpt is None and first:
-        for p in (model_dir, live_dir):
-            if p.exists():
-                shutil.rmtree(p)
-    elif ckpt is not None:
-        log.info("resuming interrupted run from %s", ckpt)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    if first:
-        write_json(model_dir / STATE_FILE, {"fingerprint": fp, "complete": False})
     L.seed_everything(seed, workers=True, verbose=False)
-
     checkpoint = ModelCheckpoint(
-        dirpath=model_dir, filename="best", monitor="val/loss", mode="min",
+        dirpath=work, filename="best", monitor="val/loss", mode="min",
         save_top_k=1, enable_version_counter=False,
     )  # fmt: skip
     # `save_last=True` refreshes last.ckpt only when a new best is saved; resuming needs the
     # state of every epoch, so a second, unmonitored checkpoint overwrites last.ckpt each epoch.
     last = ModelCheckpoint(
-        dirpath=model_dir, filename="last", monitor=None, save_top_k=1,
+        dirpath=work, filename="last", monitor=None, save_top_k=1,
         enable_version_counter=False,
     )  # fmt: skip
     cbs: list[Callback] = [
@@ -165,35 +250,29 @@ def fit(
     ]
     if not interactive():
         cbs.append(EpochLog())
-    logger = DVCLiveLogger(
-        dir=str(live_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False,
-        report=None,
-    )  # fmt: skip
     # Under SLURM: on SIGUSR1 (`sbatch --signal=B:USR1@120`, forwarded by `astrobatch slurm
     # run-task`) Lightning saves hpc_ckpt_<n>.ckpt in default_root_dir and requeues the job.
     plugins = []
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
-    trainer = L.Trainer(
-        max_epochs=training.max_epochs,
-        accelerator=training.accelerator,
-        devices=training.devices,
-        num_nodes=training.num_nodes,
-        strategy=training.strategy,
-        plugins=plugins or None,
-        default_root_dir=model_dir,
-        precision=training.precision,
-        gradient_clip_val=training.gradient_clip_val,
-        callbacks=cbs,
-        logger=logger,
-        deterministic="warn",
-        enable_progress_bar=interactive(),
-        enable_model_summary=interactive(),
-        use_distributed_sampler=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
+    _trainer(training, work, callbacks=[], logger=False)  # settings checked, nothing written
+    if ckpt is None and first:
+        for p in (work, work_live):  # only our own partial folders: the previous model stays
+            if p.exists():
+                shutil.rmtree(p)
+    elif ckpt is not None:
+        log.info("resuming interrupted run from %s", ckpt)
+    work.mkdir(parents=True, exist_ok=True)
+    if first:
+        write_json(work / STATE_FILE, {"fingerprint": fp, "complete": False})
+    logger = DVCLiveLogger(
+        dir=str(work_live), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False,
+        report=None,
+    )  # fmt: skip
+    trainer = _trainer(training, work, plugins=plugins or None, callbacks=cbs, logger=logger)
+    trainer.fit(
+        task, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True
     )
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted; run again to resume from last.ckpt")
     state = {
@@ -210,9 +289,11 @@ def fit(
         "world_size": trainer.world_size,
     }
     if trainer.is_global_zero:
-        for p in model_dir.glob(HPC_GLOB):  # superseded by best.ckpt/last.ckpt
+        for p in work.glob(HPC_GLOB):  # superseded by best.ckpt/last.ckpt
             p.unlink()
-        write_json(model_dir / STATE_FILE, state)
+        write_json(work / STATE_FILE, state)
+        swap_in(work_live, live_dir)
+        swap_in(work, model_dir)
     return state
 
 
@@ -314,16 +395,23 @@ def load_model_weights(
         Missing or incompatible checkpoint.
     """
     from astrobatch.errors import InputError
+    from astrobatch.tasks.checkpoints import load_checkpoint
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise InputError("checkpoint not found (run train first)", ckpt_path)
+    sd = load_checkpoint(ckpt_path).get("state_dict")
+    if not isinstance(sd, dict):
+        raise InputError("not a Lightning checkpoint (no state_dict)", ckpt_path, "state_dict")
+    n = len(prefix)
+    weights = {k[n:]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(prefix)}
+    if not weights:
+        raise InputError(f"no {prefix}* weights in the checkpoint", ckpt_path, "state_dict")
     try:
-        sd = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-        n = len(prefix)
-        model.load_state_dict({k[n:]: v for k, v in sd.items() if k.startswith(prefix)})
-    except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError) as err:
         raise InputError(
-            f"checkpoint does not match the model in params ({str(err)[:300]})", ckpt_path
-        ) from None
+            f"checkpoint does not match the model in params ({' '.join(str(err).split())[:300]})",
+            ckpt_path, "state_dict",
+        ) from None  # fmt: skip
     return model.eval()

@@ -62,9 +62,66 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover(path: str | Path, temporaries: bool = True) -> None:
+    """Finish or undo a folder swap that was interrupted, and remove stale temporary folders.
+
+    A swap (:func:`swap_in`) moves ``path`` to ``.<name>.old``, then the new folder to
+    ``path``, then deletes the old one. Killed between the first two steps, ``path`` is
+    missing and ``.<name>.old`` holds the previous output: it is moved back. Killed after
+    the second, ``.<name>.old`` is a leftover: it is deleted. Temporary folders and files
+    ``.<name>.*.tmp`` of :func:`atomic_dir` and :func:`atomic_path` left by killed writers
+    are deleted too.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The final output (folder or file).
+    temporaries : bool
+        Also delete the stale ``.<name>.*.tmp`` of killed writers (call this before a new
+        writer starts, never while one is writing).
+    """
+    path = Path(path)
+    old = _old(path)
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(old, path)
+    if temporaries and path.parent.is_dir():
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def swap_in(new: str | Path, path: str | Path) -> None:
+    """Replace folder ``path`` by folder ``new`` (same file system); recoverable if killed.
+
+    ``path`` goes to ``.<name>.old``, ``new`` to ``path``, then the old copy is deleted;
+    :func:`recover` repairs an interrupted swap. A missing ``new`` leaves ``path`` as it is.
+    """
+    new, path = Path(new), Path(path)
+    if not new.exists():
+        return
+    recover(path, temporaries=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        old = _old(path)
+        os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        os.replace(new, path)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it replaces ``path`` on success.
+
+    Before the block runs, an interrupted earlier swap of ``path`` is repaired and stale
+    temporary folders of killed runs are removed (:func:`recover`).
 
     Parameters
     ----------
@@ -79,19 +136,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        swap_in(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

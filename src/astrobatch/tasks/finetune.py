@@ -31,7 +31,6 @@ checkpoint into the encoder, weights-only.
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from astrobatch.errors import InputError
+from astrobatch.tasks.checkpoints import load_checkpoint
 from astrobatch.tasks.optim import (
     cosine_warm_restarts,
     decay_param_groups,
@@ -49,16 +49,6 @@ from astrobatch.tasks.optim import (
 )
 
 __all__ = ["FinetuneTask", "load_pretrained_encoder"]
-
-#: Non-tensor types a checkpoint may hold and a weights-only load accepts besides the
-#: defaults: paths (e.g. a datamodule's ``prepared_dir`` in its hyper-parameters); building
-#: one runs no code of the file.
-SAFE_CHECKPOINT_GLOBALS: list[type] = [
-    pathlib.PosixPath,
-    pathlib.PurePosixPath,
-    pathlib.WindowsPath,
-    pathlib.PureWindowsPath,
-]
 
 
 class FinetuneTask(L.LightningModule):
@@ -272,21 +262,6 @@ class FinetuneTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-def _load_weights_only(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` (paths allowed); InputError if that fails."""
-    try:
-        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
-        raise InputError(
-            f"cannot read the checkpoint with a weights-only load (files that need a full "
-            f"unpickle are refused): {type(err).__name__}: {detail[:300]}",
-            path=path,
-        ) from None
-
-
 def load_pretrained_encoder(
     task_or_module: L.LightningModule | nn.Module,
     ckpt_path: str | Path,
@@ -331,7 +306,7 @@ def load_pretrained_encoder(
     path = Path(ckpt_path)
     if not path.is_file():
         raise InputError("pretraining checkpoint not found (run the pretrain stage)", path=path)
-    ckpt = _load_weights_only(path)
+    ckpt = load_checkpoint(path, "pretraining checkpoint")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise InputError("expected a Lightning checkpoint with a state_dict", path=path)

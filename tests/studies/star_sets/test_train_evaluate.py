@@ -41,7 +41,7 @@ def _paths(prepared, models, live, out=None):
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.mark.parametrize("model", ["deep_sets", "set_transformer"])
@@ -50,8 +50,10 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_prepared
     full = train(p, _paths(tiny_prepared, tmp_path / "full", tmp_path / "live_full"))
     with pytest.raises(Preempted):
         train(p, _paths(tiny_prepared, tmp_path / "cut", tmp_path / "live_cut"), [Interrupt(2)])
-    state = json.loads((tmp_path / "cut/train_state.json").read_text())
-    assert state["complete"] is False and (tmp_path / "cut/last.ckpt").is_file()
+    # the interrupted run waits in the partial folder; nothing is in the model folder yet
+    state = json.loads((tmp_path / ".cut.partial/train_state.json").read_text())
+    assert state["complete"] is False and (tmp_path / ".cut.partial/last.ckpt").is_file()
+    assert not (tmp_path / "cut").exists()
     resumed = train(p, _paths(tiny_prepared, tmp_path / "cut", tmp_path / "live_cut"))
     assert resumed["resumed"] is True and full["resumed"] is False
     assert resumed["global_step"] == full["global_step"]

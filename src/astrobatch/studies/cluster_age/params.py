@@ -7,7 +7,14 @@ from typing import Literal
 from pydantic import Field
 
 from astrobatch.io.cutouts import PHANGS_BANDS
-from astrobatch.params import ImageSplitParams, OrderedRange, PositiveTuple, Strict, TrainingParams
+from astrobatch.params import (
+    ImageSplitParams,
+    OrderedRange,
+    PositiveInt,
+    PositiveTuple,
+    Strict,
+    TrainingParams,
+)
 
 #: HST bands of the cluster_age cutouts, in channel order (the PHANGS-HST cutout format).
 CLUSTER_AGE_BANDS: tuple[str, ...] = PHANGS_BANDS
@@ -99,11 +106,11 @@ class CNNParams(Strict):
     """The cluster_age CNN (three conv + max-pool blocks, three dense layers)."""
 
     input: Literal["1im", "5im"] = Field("5im", description="1im: mean of the 5 filters")
-    conv_channels: list[int] = Field(
+    conv_channels: list[PositiveInt] = Field(
         default_factory=lambda: [16, 32, 64], min_length=1,
         description="upstream: [128, 256, 512]",
     )  # fmt: skip
-    dense_units: list[int] = Field(
+    dense_units: list[PositiveInt] = Field(
         default_factory=lambda: [128, 64, 32], description="upstream: [512, 256, 128]"
     )
     dropout: float = Field(0.0, ge=0, lt=1)

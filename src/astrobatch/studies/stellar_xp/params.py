@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from astrobatch.params import Fraction, SplitParams, Strict, TrainingParams
+from astrobatch.params import Fraction, PositiveInt, SplitParams, Strict, TrainingParams
 from astrobatch.studies.stellar_xp.columns import ALL_LABELS
 
 
@@ -103,7 +103,7 @@ class AutoencoderParams(Strict):
     embedding_dim: int = Field(16, ge=1, description="periodic embedding size per feature")
     n_frequencies: int = Field(16, ge=1)
     frequency_init_scale: float = Field(0.01, gt=0)
-    widths: list[int] = Field(default_factory=lambda: [512, 256], min_length=1)
+    widths: list[PositiveInt] = Field(default_factory=lambda: [512, 256], min_length=1)
     latent_dim: int = Field(256, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
 
@@ -122,7 +122,7 @@ class PretrainParams(Strict):
 class FinetuneParams(Strict):
     """Quantile fine-tuning."""
 
-    head_hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    head_hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
     lr_encoder: float = Field(3e-4, gt=0)
     lr_head: float = Field(1e-3, gt=0)
     head_only_epochs: int = Field(
