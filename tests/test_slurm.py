@@ -436,3 +436,42 @@ def test_job_array_of_experiments_on_slurm(slurm_cluster, tmp_path):
     assert _run(["git", "status", "--porcelain"], d, env) == ""
     rows = json.loads(_run([str(BIN / "astrobatch"), "slurm", "status", "e2e", "--json"], d, env))
     assert [r["state"] for r in rows] == ["done", "done"]
+
+
+INJECTION = "x\ntouch INJECTED #"
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["set", "prefix", "partition", "time", "mem", "gpus", "sbatch_arg", "set_cr", "prefix_nul"],
+)
+def test_no_value_can_add_a_line_to_the_sbatch_script(where):
+    """Defect: `--prefix $'x\\ntouch FILE #'` became a shell line of array.sbatch."""
+    value = {"set_cr": "x\rtouch INJECTED", "prefix_nul": "x\x00touch INJECTED"}.get(
+        where, INJECTION
+    )
+    with pytest.raises(InputError, match=r"control character|expected"):
+        if where.startswith("set"):
+            expand_grid([f"star_sets.seed={value}"])
+        elif where.startswith("prefix"):
+            quote_value(value)
+        elif where == "sbatch_arg":
+            SlurmOptions(extra=(f"--account={value}",))
+        else:
+            SlurmOptions(**{where: value})
+    # and the last guard: a sweep file edited by hand cannot smuggle one in either
+    sweep = _sweep()
+    sweep.tasks = [["star_sets.seed=1"], [f"runner.prefix='{INJECTION}'"]]
+    text = render_sbatch(sweep, SlurmOptions(), python="/venv/bin/python")
+    commands = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert not any("INJECTED" in ln for ln in commands)
+    assert "#   1: runner.prefix='x\\ntouch INJECTED #'" in text.splitlines()
+
+
+def test_well_formed_slurm_options_are_kept():
+    extra = ("--exclusive", "--account=proj_1", "--constraint=a100|h100")
+    o = SlurmOptions(partition="gpu,long", time="1-00:00:00", mem="16000", gpus="a100:2",
+                     extra=extra)  # fmt: skip
+    assert o.partition == "gpu,long" and o.gpus == "a100:2"
+    with pytest.raises(InputError, match="--cpus-per-task"):
+        SlurmOptions(cpus_per_task=0)

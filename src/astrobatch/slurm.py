@@ -87,6 +87,35 @@ app = typer.Typer(
 # --------------------------------------------------------------------------------------------
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_printable(value: str, key: str) -> str:
+    """``value`` if it holds no control character (newline, carriage return, NUL, ...).
+
+    Every value that reaches the sbatch script (overrides, prefix, options) passes here: a
+    newline would start a new shell line in the script.
+
+    Raises
+    ------
+    astrobatch.errors.InputError
+        A control character in ``value``.
+
+    Examples
+    --------
+    >>> check_printable("star_sets.seed=1", "--set")
+    'star_sets.seed=1'
+    """
+    bad = _CONTROL_RE.search(value)
+    if bad:
+        raise InputError(
+            f"control character {bad.group()!r} at position {bad.start()} of {value!r}: "
+            "values may not contain newlines or other control characters",
+            key=key,
+        )
+    return value
+
+
 def expand_grid(sets: list[str] | None) -> list[list[str]]:
     """Expand ``--set`` overrides into the cartesian product of their choices.
 
@@ -125,6 +154,7 @@ def expand_grid(sets: list[str] | None) -> list[list[str]]:
     for s in sets:
         if "=" not in s:
             raise InputError(f"expected KEY=VALUE[,VALUE...], got {s!r}", key="--set")
+        check_printable(s, "--set")
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import get_hydra_sweeps
@@ -169,6 +199,7 @@ def quote_value(value: str) -> str:
     """
     if "\\" in value:
         raise InputError(f"backslashes are not supported, got {value!r}", key="--prefix")
+    check_printable(value, "--prefix")
     return "'" + value.replace("${", "\\${").replace("'", "\\'") + "'"
 
 
@@ -244,6 +275,22 @@ class Sweep:
             raise InputError(f"not a sweep file ({err})", path) from None
 
 
+#: What each ``#SBATCH`` value may look like (nothing that can end the line or the word).
+_OPTION_PATTERNS = {
+    "partition": re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*"),
+    "time": re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE"),
+    "mem": re.compile(r"\d+[KMGT]?"),
+    "gpus": re.compile(r"([A-Za-z0-9_.-]+:)?\d+"),
+}
+_OPTION_EXPECT = {
+    "partition": "partition names (letters, digits, '_', '.', '-', comma-separated)",
+    "time": "a SLURM time like 04:00:00, 1-00:00:00 or 30 (minutes)",
+    "mem": "a size like 16G or 16000 (MB)",
+    "gpus": "a count or type:count, e.g. 1 or a100:2",
+}
+_EXTRA_RE = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:@%/+=|&*\[\]-]+)?")
+
+
 @dataclass(frozen=True)
 class SlurmOptions:
     """``#SBATCH`` options of the array script (``None``: the cluster's default)."""
@@ -256,6 +303,24 @@ class SlurmOptions:
     max_parallel: int | None = None
     signal_seconds: int = 120
     extra: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for opt, value in (("partition", self.partition), ("time", self.time),
+                           ("mem", self.mem), ("gpus", self.gpus)):  # fmt: skip
+            if value is not None and not _OPTION_PATTERNS[opt].fullmatch(str(value)):
+                raise InputError(f"expected {_OPTION_EXPECT[opt]}, got {value!r}", key=f"--{opt}")
+        for opt, value in (("cpus-per-task", self.cpus_per_task),
+                           ("max-parallel", self.max_parallel),
+                           ("signal-seconds", self.signal_seconds)):  # fmt: skip
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InputError(f"expected a positive integer, got {value!r}", key=f"--{opt}")
+        for a in self.extra:
+            if not _EXTRA_RE.fullmatch(a):
+                raise InputError(
+                    "expected one sbatch option like --account=abc or --exclusive (letters, "
+                    f"digits and _.,:@%/+=|&*[]- only), got {a!r}",
+                    key="--sbatch-arg",
+                )
 
 
 def render_sbatch(sweep: Sweep, options: SlurmOptions, python: str | None = None) -> str:
@@ -288,7 +353,8 @@ def render_sbatch(sweep: Sweep, options: SlurmOptions, python: str | None = None
         "# Written by `astrobatch slurm submit`; the tasks are in tasks.json:",
     ]
     for i, task in enumerate(sweep.tasks[:50]):
-        lines.append(f"#   {i}: {' '.join(task) or '(no override)'}")
+        shown = " ".join(task) or "(no override)"
+        lines.append(f"#   {i}: {shown.encode('unicode_escape').decode('ascii')}")
     if n > 50:
         lines.append(f"#   ... {n - 50} more")
     lines += [
@@ -325,6 +391,8 @@ def render_sbatch(sweep: Sweep, options: SlurmOptions, python: str | None = None
         f'{shlex.quote(rel + "/" + SPEC_FILE)} "$SLURM_ARRAY_TASK_ID"',
         "",
     ]
+    for line in lines:  # a value with a line break would add a shell line: never written
+        check_printable(line, "sbatch script")
     return "\n".join(lines)
 
 
