@@ -33,9 +33,14 @@ The kit gives every study:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -292,6 +297,92 @@ class Study:
             return f
 
         return deco
+
+
+@contextlib.contextmanager
+def staged(paths: StudyPaths, kinds: Iterable[str] = ("plots", "reports", "metrics")
+           ) -> Iterator[StudyPaths]:  # fmt: skip
+    """Build a stage's outputs aside; swap them in only if the block succeeds.
+
+    Yields ``paths`` with each of ``kinds`` replaced by a temporary folder (folders) or file
+    path (``metrics``) next to the real one. On success the folders are swapped in
+    (:func:`astrobatch.io.atomic.swap_in`, recoverable if killed) and the metrics file
+    renamed over the old one last, so ``dvc exp show`` never reads new metrics beside old
+    plots or the reverse; on any error nothing of the previous outputs has changed and the
+    temporaries are removed.
+
+    Parameters
+    ----------
+    paths : StudyPaths
+    kinds : iterable of str
+        Fields of ``paths`` to stage; unset ones are skipped. ``metrics`` is a file, the
+        others folders.
+
+    Yields
+    ------
+    StudyPaths
+    """
+    from astrobatch.io.atomic import recover, swap_in
+
+    temps: dict[str, Path] = {}
+    try:
+        for kind in kinds:
+            final = getattr(paths, kind)
+            if final is None:
+                continue
+            final.parent.mkdir(parents=True, exist_ok=True)
+            recover(final)
+            if kind == "metrics":
+                fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp",
+                                           dir=final.parent)  # fmt: skip
+                os.close(fd)
+                os.unlink(tmp)
+                temps[kind] = Path(tmp)
+            else:
+                temps[kind] = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp",
+                                                    dir=final.parent))  # fmt: skip
+        yield replace(paths, **temps)
+        for kind, tmp in sorted(temps.items(), key=lambda kv: kv[0] == "metrics"):
+            final = getattr(paths, kind)
+            if kind == "metrics":
+                if tmp.exists():
+                    os.replace(tmp, final)
+            else:
+                os.chmod(tmp, 0o777 & ~_umask())
+                swap_in(tmp, final)
+    finally:
+        for tmp in temps.values():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def staged_outputs(*kinds: str) -> Callable:
+    """Decorator: ``f(params, paths, ...)`` writes its ``kinds`` outputs through :func:`staged`.
+
+    Examples
+    --------
+    >>> @staged_outputs("plots", "reports", "metrics")
+    ... def evaluate(params, paths): ...
+    """
+    kinds = kinds or ("plots", "reports", "metrics")
+
+    def deco(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(params: Any, paths: StudyPaths, *args: Any, **kwargs: Any) -> Any:
+            with staged(paths, kinds) as out:
+                return f(params, out, *args, **kwargs)
+
+        return wrapper
+
+    return deco
 
 
 def write_evaluation(

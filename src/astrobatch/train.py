@@ -141,8 +141,6 @@ def _check_data(datamodule: L.LightningDataModule) -> None:
 
 def _trainer(training: TrainingParams, root: Path, **kwargs: Any) -> L.Trainer:
     """The Lightning Trainer of ``training``; its own checks become a ParamsError."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     from astrobatch.errors import ParamsError
 
     try:
@@ -163,7 +161,7 @@ def _trainer(training: TrainingParams, root: Path, **kwargs: Any) -> L.Trainer:
             num_sanity_val_steps=0,
             **kwargs,
         )
-    except (MisconfigurationException, ValueError, RuntimeError) as err:
+    except Exception as err:  # Lightning checks settings with many exception types
         raise ParamsError(
             "training: the Lightning Trainer refuses accelerator="
             f"{training.accelerator!r}, devices={training.devices!r}, "

@@ -39,7 +39,7 @@ from astrobatch.studies.cluster_age.train import (
     read_manifest,
     unscale_target,
 )
-from astrobatch.study import StudyPaths, write_evaluation
+from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 
@@ -90,6 +90,7 @@ def photometric_baseline(prepared_dir: Path, seed: int) -> tuple[dict[str, np.nd
     return {s: gbr.predict(feats[s]) for s in SPLITS}, source
 
 
+@staged_outputs("plots", "reports", "metrics")
 def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     """Evaluate the best checkpoint, the baselines and write metrics, tables and plots.
 

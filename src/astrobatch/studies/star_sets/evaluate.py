@@ -30,7 +30,7 @@ from astrobatch.evaluate import metrics as M
 from astrobatch.evaluate import plots
 from astrobatch.studies.star_sets.params import StarSetsParams
 from astrobatch.studies.star_sets.train import build_model
-from astrobatch.study import StudyPaths, write_evaluation
+from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 
@@ -128,6 +128,7 @@ def predict_real(
     return metrics, pd.DataFrame(rows)
 
 
+@staged_outputs("plots", "reports", "metrics")
 def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
     """Evaluate the best checkpoint on val and test; write metrics, predictions and plots.
 

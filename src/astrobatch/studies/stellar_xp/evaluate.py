@@ -44,7 +44,7 @@ from astrobatch.studies.stellar_xp.train import (
     build_pretrain_task,
     read_manifest,
 )
-from astrobatch.study import StudyPaths, write_evaluation
+from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
 from astrobatch.tasks.masked import reconstruction_error
 from astrobatch.train import load_model_weights
 
@@ -156,6 +156,7 @@ def hgb_baseline(
     return gbr.predict(test["x"][:, keep])
 
 
+@staged_outputs("plots", "reports", "metrics")
 def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
     """Evaluate the fine-tuned model, the baselines and the pretrained reconstruction.
 
