@@ -61,6 +61,16 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+class _EpochRelay:
+    """``batch_sampler.sampler`` of a :class:`ChunkBatchSampler`: where Lightning looks."""
+
+    def __init__(self, owner: ChunkBatchSampler):
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
+
+
 class ChunkBatchSampler(Sampler[list]):
     """Batches of indices that touch few HDF5 chunks, reshuffled every epoch (see module doc).
 
@@ -81,8 +91,7 @@ class ChunkBatchSampler(Sampler[list]):
         This process's rank and the world size; None (both): read from an
         initialised ``torch.distributed`` at each iteration (else 0 and 1).
     dataset : object with ``set_epoch``, optional
-        Told the epoch too (e.g. its augmentation draws depend on it). Lightning
-        calls ``set_epoch`` on a DataLoader's ``batch_sampler`` every epoch.
+        Told the epoch too (e.g. its augmentation draws depend on it).
     salt : int, optional
         Appended to the rng key: ``default_rng((seed, epoch, salt))``.
     tag_epoch : bool
@@ -93,6 +102,14 @@ class ChunkBatchSampler(Sampler[list]):
         ``num_replicas``-th batch; ``items``: rank r takes every
         ``num_replicas``-th index of the epoch's order (padded by wrapping
         around to equal lengths), then cuts its indices into batches.
+
+    Attributes
+    ----------
+    sampler : object
+        Relays ``set_epoch`` to this batch sampler. Lightning (2.x) calls
+        ``set_epoch`` on a DataLoader's ``sampler`` and ``batch_sampler.sampler``
+        at every training epoch, never on ``batch_sampler`` itself: without this
+        relay every epoch would repeat epoch 0's order and draws.
 
     Examples
     --------
@@ -124,6 +141,7 @@ class ChunkBatchSampler(Sampler[list]):
         self.dataset = dataset
         self.salt, self.tag_epoch, self.distribute = salt, tag_epoch, distribute
         self.epoch = 0
+        self.sampler = _EpochRelay(self)
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch of the shuffle (and of the dataset's draws)."""

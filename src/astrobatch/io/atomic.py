@@ -169,13 +169,60 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n")
 
 
-def read_manifest(folder: str | Path, name: str = "manifest.json") -> dict:
+class Manifest(dict):
+    """A manifest read by :func:`read_manifest`: a dict whose missing keys raise InputError.
+
+    ``manifest["bands"]`` on a manifest without ``bands`` raises
+    :class:`~astrobatch.errors.InputError` naming the file and the key (not a bare
+    ``KeyError``); ``get`` and ``in`` behave as for a dict.
+
+    Parameters
+    ----------
+    data : dict
+        The parsed JSON object.
+    path : str or pathlib.Path
+        The manifest file.
+    """
+
+    def __init__(self, data: dict, path: str | Path):
+        super().__init__(data)
+        self.path = Path(path)
+
+    def __missing__(self, key):
+        from astrobatch.errors import InputError
+
+        raise InputError(
+            f"missing manifest key; present: {sorted(self)} (re-run prepare)", self.path, str(key)
+        )
+
+    def __reduce__(self):
+        return (Manifest, (dict(self), self.path))
+
+
+def read_manifest(
+    folder: str | Path, name: str = "manifest.json", require: tuple[str, ...] = ()
+) -> Manifest:
     """The JSON manifest a ``prepare`` stage wrote in ``folder``.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The prepared folder.
+    name : str
+        File name of the manifest.
+    require : tuple of str
+        Keys that must be present (checked now).
+
+    Returns
+    -------
+    Manifest
+        A dict; indexing a missing key raises InputError naming the file and key.
 
     Raises
     ------
     astrobatch.errors.InputError
-        Missing file (prepare has not run) or invalid JSON.
+        Missing or unreadable file (prepare has not run), invalid JSON or UTF-8, a
+        JSON value that is not an object, or a missing ``require``-d key.
     """
     from astrobatch.errors import InputError
 
@@ -183,6 +230,16 @@ def read_manifest(folder: str | Path, name: str = "manifest.json") -> dict:
     if not path.is_file():
         raise InputError("missing prepared file (run prepare first)", path)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise InputError(f"not valid JSON ({err})", path) from None
+    except OSError as err:
+        raise InputError(f"cannot read the manifest ({err})", path) from None
+    if not isinstance(data, dict):
+        raise InputError(
+            f"expected a JSON object (dict) of prepare outputs, got {type(data).__name__}", path
+        )
+    manifest = Manifest(data, path)
+    for key in require:
+        manifest[key]
+    return manifest

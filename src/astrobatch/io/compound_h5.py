@@ -36,6 +36,9 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
+from astrobatch.io.errors import guarded, reading
+
+WHAT = "pretraining HDF5 file (sslset<N>_part<k> compound datasets)"
 
 FORMAT_NAME = "astrobatch.compound_h5"
 KEY_RE = re.compile(r"^sslset(\d+)_part(\d+)$")
@@ -69,9 +72,10 @@ def _open(path: str | Path) -> h5py.File:
     if not path.is_file():
         raise InputError("pretraining HDF5 file not found", path)
     try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"not a readable HDF5 file ({err})", path) from None
+        with reading(path, WHAT):
+            return h5py.File(path, "r")
+    except InputError as err:
+        raise InputError(f"not a readable HDF5 file ({err.detail})", path) from None
 
 
 def _dataset(f: h5py.File, key: str) -> h5py.Dataset:
@@ -89,6 +93,7 @@ def _dataset(f: h5py.File, key: str) -> h5py.Dataset:
     return d
 
 
+@guarded(WHAT)
 def list_keys(path: str | Path) -> list[str]:
     """The ``sslset<N>_part<k>`` datasets of a file, ordered by ``(N, k)``.
 
@@ -106,6 +111,7 @@ def list_keys(path: str | Path) -> list[str]:
     return keys
 
 
+@guarded(WHAT)
 def key_rows(path: str | Path, key: str) -> int:
     """Number of rows of dataset ``key``.
 
@@ -118,8 +124,15 @@ def key_rows(path: str | Path, key: str) -> int:
         return int(_dataset(f, key).shape[0])
 
 
+@guarded(WHAT)
 def key_columns(path: str | Path, key: str) -> list[str]:
-    """Field names (columns) of dataset ``key``."""
+    """Field names (columns) of dataset ``key``.
+
+    Raises
+    ------
+    InputError
+        Missing file or key, or not a compound dataset.
+    """
     with _open(path) as f:
         return list(_dataset(f, key).dtype.names)
 
@@ -147,6 +160,7 @@ def _check_columns(d: h5py.Dataset, columns: Sequence[str] | None, key: str) -> 
     return list(columns)
 
 
+@guarded(WHAT)
 def iter_blocks(
     path: str | Path,
     key: str,
@@ -179,7 +193,7 @@ def iter_blocks(
     InputError
         Missing file, key or column(s).
     """
-    with _open(path) as f:
+    with _open(path) as f, reading(path, WHAT, key):
         d = _dataset(f, key)
         cols = _check_columns(d, columns, key)
         view = d.fields(cols) if columns is not None else d
@@ -245,6 +259,7 @@ def sample_positions(total: int, k: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(picks, size=k, replace=False))
 
 
+@guarded(WHAT)
 def sample_rows(
     path: str | Path,
     keys: Sequence[str],

@@ -41,6 +41,7 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
+from astrobatch.io.errors import h5_dataset, h5_read, reading
 
 #: HST bands of the PHANGS-HST cluster cutouts, in channel order (WFC3/UVIS F275W, F336W,
 #: F438W, F555W and F814W; LEGUS catalogues name their columns after the same bands).
@@ -70,6 +71,8 @@ UNITS: dict[str, str] = {
 ALLOWED_CHANNELS: tuple[int, ...] = (1, 5)
 #: Default HDF5 chunk length along N (cutouts per chunk; 16 x 5 x 112 x 112 float32 = 4 MiB).
 DEFAULT_CHUNK_IMAGES = 16
+#: How cutout files are named in read-error messages.
+CUTOUT_WHAT = "raw cutout HDF5 file"
 #: Chunk cache of the reader, bytes.
 READ_CACHE_BYTES = 64 * 2**20
 
@@ -432,6 +435,11 @@ class CutoutFile:
     def __init__(self, path: Path, f: h5py.File):
         self.path = path
         self._f = f
+        with reading(path, CUTOUT_WHAT) as ctx:
+            self._validate(f, ctx)
+
+    def _validate(self, f: h5py.File, ctx) -> None:
+        path = self.path
         for key in REQUIRED_KEYS:
             if key not in f:
                 raise InputError(
@@ -440,8 +448,11 @@ class CutoutFile:
                     path,
                     key,
                 )
+            ctx.key = key
             if not isinstance(f[key], h5py.Dataset):
                 raise InputError("expected a dataset, found a group", path, key)
+            h5_dataset(f, key, path)  # not a null dataspace
+        ctx.key = "image_cutouts"
         img = f["image_cutouts"]
         if img.ndim != 4:
             raise InputError(f"expected shape (N, C, H, W), got {img.shape}", path,
@@ -463,6 +474,7 @@ class CutoutFile:
         if n < 1:
             raise InputError("expected at least one cutout, got N = 0", path, "image_cutouts")
         for key in ("cluster_ids", "galaxy_ids", "cluster_log_ages"):
+            ctx.key = key
             d = f[key]
             if d.ndim != 1:
                 raise InputError(f"expected shape (N,), got {d.shape}", path, key)
@@ -472,6 +484,7 @@ class CutoutFile:
                     path,
                     key,
                 )
+        ctx.key = None
         if not np.issubdtype(f["cluster_ids"].dtype, np.integer):
             raise InputError(f"expected integers, got {f['cluster_ids'].dtype}", path,
                              "cluster_ids")  # fmt: skip
@@ -482,9 +495,12 @@ class CutoutFile:
                              "cluster_log_ages")  # fmt: skip
         self.n = n
         self.image_shape = (c, h, w)
-        self.cluster_ids = f["cluster_ids"][...].astype(np.int32)
-        self.galaxy_ids = np.asarray(f["galaxy_ids"].asstr()[...], dtype=str)
-        self.log_ages = f["cluster_log_ages"][...].astype(np.float32)
+        ids = h5_read(f["cluster_ids"], path, "cluster_ids")
+        if ids.size and (ids.max() > np.iinfo(np.int32).max or ids.min() < np.iinfo(np.int32).min):
+            raise InputError("expected ids that fit in int32", path, "cluster_ids")
+        self.cluster_ids = ids.astype(np.int32)
+        self.galaxy_ids = h5_read(f["galaxy_ids"], path, "galaxy_ids")
+        self.log_ages = h5_read(f["cluster_log_ages"], path, "cluster_log_ages").astype(np.float32)
         bad = ~np.isfinite(self.log_ages)
         if bad.any():
             raise InputError(
@@ -493,6 +509,7 @@ class CutoutFile:
                 path,
                 "cluster_log_ages",
             )
+        ctx.key = "attributes"
         self.attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
         names = self.attrs.get("band_names")
         if isinstance(names, list | tuple) and len(names) == c:
@@ -502,13 +519,16 @@ class CutoutFile:
         self._extra: dict[str, np.ndarray] = {}
         self._other: list[str] = []  # unknown datasets with leading dimension N, read on demand
         for key in f:
+            ctx.key = key
             d = f[key]
             if key in REQUIRED_KEYS or not isinstance(d, h5py.Dataset):
                 continue
             if key in EXTRA_KEYS:
-                self._extra[key] = _check_extra(key, d[...], n, c, path)
-            elif d.ndim >= 1 and d.shape[0] == n:
+                h5_dataset(f, key, path, "iu" if key == "catalogue_source_ids" else "fiu")
+                self._extra[key] = _check_extra(key, h5_read(d, path, key), n, c, path)
+            elif d.shape is not None and d.ndim >= 1 and d.shape[0] == n:
                 self._other.append(key)
+        ctx.key = "image_cutouts"
         units = img.attrs.get("units")
         self.image_units = (
             _decode_attr(units) if units is not None else "unknown (no units attribute)"
@@ -546,7 +566,7 @@ class CutoutFile:
         if name in self._extra:
             return self._extra[name]
         if name in self._other:
-            return np.asarray(self._file()[name][...])
+            return h5_read(self._file()[name], self.path, name)
         return None
 
     @property
@@ -595,8 +615,24 @@ class CutoutFile:
         Raises
         ------
         InputError
-            If a row is outside [0, N) or the file is closed.
+            If a row is outside [0, N), the file is closed, a chunk cannot be read
+            (corrupt or truncated file) or a pixel read is NaN/inf (the message gives
+            their number and the first row).
         """
+        with reading(self.path, CUTOUT_WHAT, "image_cutouts"):
+            images, rows = self._read_images(start_or_indices, stop)
+        bad = ~np.isfinite(images)
+        if bad.any():
+            first = int(np.flatnonzero(bad.reshape(len(images), -1).any(axis=1))[0])
+            raise InputError(
+                f"expected finite pixels, got {int(bad.sum())} NaN/inf in the {len(images)} "
+                f"cutouts read (first in row {int(rows[first])})",
+                self.path,
+                "image_cutouts",
+            )
+        return images
+
+    def _read_images(self, start_or_indices, stop) -> tuple[np.ndarray, np.ndarray]:
         d = self._dataset()
         if start_or_indices is None or np.ndim(start_or_indices) == 0:
             start = 0 if start_or_indices is None else int(start_or_indices)
@@ -604,7 +640,7 @@ class CutoutFile:
             if not 0 <= start <= stop <= self.n:
                 raise InputError(f"expected 0 <= start <= stop <= {self.n}, got {start}:{stop}",
                                  self.path, "image_cutouts")  # fmt: skip
-            return np.asarray(d[start:stop], dtype=np.float32)
+            return np.asarray(d[start:stop], dtype=np.float32), np.arange(start, stop)
         idx = np.asarray(start_or_indices)
         if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
             raise InputError(f"expected a 1-D array of integer rows, got {idx.dtype} {idx.shape}",
@@ -614,7 +650,7 @@ class CutoutFile:
             raise InputError(f"rows outside [0, {self.n})", self.path, "image_cutouts")
         out = np.empty((idx.size, *self.image_shape), dtype=np.float32)
         if idx.size == 0:
-            return out
+            return out, idx
         uniq, inverse = np.unique(idx, return_inverse=True)
         got = np.empty((uniq.size, *self.image_shape), dtype=np.float32)
         blocks = uniq // self._chunk
@@ -624,7 +660,7 @@ class CutoutFile:
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             got[part] = d[lo:hi][rows - lo]
         out[:] = got[inverse]
-        return out
+        return out, idx
 
     def iter_blocks(self, block_size: int = 64) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(start, stop, images)`` over all rows in blocks of ``block_size``.
@@ -715,7 +751,7 @@ def open_cutouts(path: str | Path) -> CutoutFile:
         raise InputError("file not found (expected a raw cutout HDF5 file)", path)
     try:
         f = h5py.File(path, "r", rdcc_nbytes=READ_CACHE_BYTES)
-    except OSError as e:
+    except (OSError, ValueError, RuntimeError) as e:
         raise InputError(f"cannot open as HDF5: {e}", path) from e
     try:
         return CutoutFile(path, f)

@@ -30,6 +30,16 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
+from astrobatch.io.errors import guarded, reading
+
+WHAT = "FITS binary table"
+
+
+def _fits_errors() -> tuple:
+    """astropy's own exception types (``VerifyError`` is a plain ``Exception``)."""
+    from astropy.io.fits.verify import VerifyError
+
+    return (VerifyError,)
 
 
 def write_fits_table(
@@ -85,12 +95,17 @@ def _open_hdu(path: str | Path, hdu: int):
     if not path.is_file():
         raise InputError("FITS table not found", path)
     try:
-        hdul = fits.open(path, memmap=True)
-    except (OSError, ValueError) as err:
-        raise InputError(f"not a readable FITS file ({err})", path) from None
-    if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU | fits.TableHDU):
+        with reading(path, WHAT, also=_fits_errors):
+            hdul = fits.open(path, memmap=True)
+    except InputError as err:
+        raise InputError(f"not a readable FITS file ({err.detail})", path) from None
+    try:
+        with reading(path, WHAT, f"HDU {hdu}", also=_fits_errors):
+            if len(hdul) <= hdu or not isinstance(hdul[hdu], fits.BinTableHDU | fits.TableHDU):
+                raise InputError(f"expected a binary table in HDU {hdu}", path, f"HDU {hdu}")
+    except BaseException:
         hdul.close()
-        raise InputError(f"expected a binary table in HDU {hdu}", path, f"HDU {hdu}")
+        raise
     return hdul
 
 
@@ -102,10 +117,30 @@ def fits_table_info(path: str | Path, hdu: int = 1) -> tuple[int, list[str]]:
     InputError
         Missing or unreadable file, or no table in HDU ``hdu``.
     """
-    with _open_hdu(path, hdu) as hdul:
+    with _open_hdu(path, hdu) as hdul, reading(path, WHAT, f"HDU {hdu}", _fits_errors) as ctx:
         h = hdul[hdu].header
-        names = [h[f"TTYPE{i}"] for i in range(1, int(h["TFIELDS"]) + 1)]
-        return int(h["NAXIS2"]), names
+        ctx.key = "TFIELDS"
+        nfields = int(h["TFIELDS"])
+        names = []
+        for i in range(1, nfields + 1):
+            ctx.key = f"TTYPE{i}"
+            names.append(str(h[f"TTYPE{i}"]))
+        ctx.key = "NAXIS2"
+        n = int(h["NAXIS2"])
+        if n < 0 or nfields < 0:
+            raise InputError(f"expected NAXIS2, TFIELDS >= 0, got {n}, {nfields}", path, "NAXIS2")
+        size = int(hdul[hdu].size)
+        info = hdul[hdu].fileinfo()
+        if info and size:
+            end = int(info["datLoc"]) + size
+            if end > Path(path).stat().st_size:
+                raise InputError(
+                    f"file truncated: the table of {n} rows needs {end} bytes, the file has "
+                    f"{Path(path).stat().st_size}",
+                    path,
+                    f"HDU {hdu}",
+                )
+        return n, names
 
 
 def _column(rows, name: str, path, hdu: int) -> np.ndarray:
@@ -118,6 +153,7 @@ def _column(rows, name: str, path, hdu: int) -> np.ndarray:
     return v
 
 
+@guarded(WHAT, also=_fits_errors)
 def iter_fits_blocks(
     path: str | Path,
     columns: Sequence[str] | None = None,
@@ -148,7 +184,7 @@ def iter_fits_blocks(
     Raises
     ------
     InputError
-        Missing file or column(s), non-scalar column.
+        Missing file or column(s), non-scalar column, truncated or corrupt file.
     """
     n, names = fits_table_info(path, hdu)
     cols = list(names if columns is None else columns)
@@ -160,14 +196,22 @@ def iter_fits_blocks(
             missing[0],
         )
     stop = n if stop is None else min(int(stop), n)
-    with _open_hdu(path, hdu) as hdul:
+    with _open_hdu(path, hdu) as hdul, reading(path, WHAT, f"HDU {hdu}", _fits_errors) as ctx:
         data = hdul[hdu].data
+        if data is None and stop > 0:
+            raise InputError(f"expected {stop} table rows, found no data", path, f"HDU {hdu}")
         for a in range(int(start), stop, int(block_rows)):
             rows = data[a : min(a + block_rows, stop)]
-            yield {c: _column(rows, c, path, hdu).copy() for c in cols}
+            block = {}
+            for c in cols:
+                ctx.key = c
+                block[c] = _column(rows, c, path, hdu).copy()
+            ctx.key = f"HDU {hdu}"
+            yield block
             del rows
 
 
+@guarded(WHAT, also=_fits_errors)
 def read_fits_table(
     path: str | Path, columns: Sequence[str] | None = None, hdu: int = 1
 ) -> dict[str, np.ndarray]:
@@ -176,6 +220,11 @@ def read_fits_table(
     Returns
     -------
     dict of str to numpy.ndarray, each shape (n,)
+
+    Raises
+    ------
+    InputError
+        As :func:`iter_fits_blocks`.
     """
     parts: dict[str, list[np.ndarray]] = {}
     n, names = fits_table_info(path, hdu)

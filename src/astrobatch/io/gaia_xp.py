@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from astrobatch.errors import InputError
+from astrobatch.io.errors import guarded
 
 N_COEFF = 55
 BANDS = ("bp", "rp")
@@ -198,6 +199,7 @@ def layout(colnames) -> str:
     return ""
 
 
+@guarded("Gaia XP coefficient table")
 def read_gaia_xp(path: str | Path) -> pd.DataFrame:
     """Read a real Gaia DR3 XP coefficient file (any layout of the module docstring).
 

@@ -32,6 +32,7 @@ import pandas as pd
 
 from astrobatch.errors import InputError
 from astrobatch.io.cutouts import PHANGS_BANDS
+from astrobatch.io.errors import guarded
 
 #: Photometry sentinels of the LEGUS catalogues (become NaN).
 SENTINELS: tuple[float, ...] = (66.666, 99.999, 44.444)
@@ -65,6 +66,7 @@ CLUSTER_CLASSES: tuple[int, ...] = (1, 2, 3)
 MIN_FILTERS_SED = 4
 
 
+@guarded("LEGUS cluster catalogue CSV")
 def read_legus_catalogue(path: str | Path) -> pd.DataFrame:
     """Read a LEGUS cluster catalogue CSV into standard column names.
 

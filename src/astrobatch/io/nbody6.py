@@ -80,6 +80,7 @@ from pathlib import Path
 import numpy as np
 
 from astrobatch.errors import InputError
+from astrobatch.io.errors import guarded
 
 __all__ = ["Out3Snapshot", "read_out3"]
 
@@ -191,6 +192,7 @@ def _check_finite(arr: np.ndarray, path: str, key: str) -> None:
         )
 
 
+@guarded("NBODY6++ OUT3 snapshot")
 def read_out3(path: str | Path) -> Out3Snapshot:
     """Read an NBODY6++ ``OUT3`` (``conf.3_<T>``) snapshot and convert it to physical units.
 

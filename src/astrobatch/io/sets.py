@@ -25,9 +25,12 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
+from astrobatch.io.errors import check_finite, h5_dataset, h5_read, reading
 
 FORMAT_NAME = "astrobatch.csr_sets"
 FORMAT_VERSION = 1
+CSR_WHAT = "star-set HDF5 file (astrobatch.csr_sets)"
+NPZ_WHAT = "upstream star_sets .npz shard"
 
 
 @dataclass
@@ -195,9 +198,10 @@ def _open_h5(path: Path) -> h5py.File:
     if not path.is_file():
         raise InputError("file not found", path)
     try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"not a readable HDF5 file ({err})", path) from None
+        with reading(path, CSR_WHAT):
+            return h5py.File(path, "r")
+    except InputError as err:
+        raise InputError(f"not a readable HDF5 file ({err.detail})", path) from None
 
 
 def read_csr_h5(
@@ -229,9 +233,10 @@ def read_csr_h5(
         Missing file, not HDF5, missing key, wrong shape, or NaN in ``ptr``.
     """
     path = Path(path)
-    with _open_h5(path) as f:
+    with _open_h5(path) as f, reading(path, CSR_WHAT) as ctx:
         eg, sg = csr_groups(f, path)
-        ptr = f["ptr"][()]
+        ctx.key = "ptr"
+        ptr = h5_read(f["ptr"], path, "ptr")
         data = CSRSets(ptr=ptr)
         ekeys = list(f[eg].keys()) if element_keys is None else list(element_keys)
         skeys = list(f[sg].keys()) if set_keys is None else list(set_keys)
@@ -240,13 +245,17 @@ def read_csr_h5(
                 raise InputError(
                     f"missing element column; present: {sorted(f[eg].keys())}", path, f"{eg}/{k}"
                 )
-            data.elements[k] = f[eg][k][()]
+            ctx.key = f"{eg}/{k}"
+            v = h5_read(f[eg][k], path, ctx.key)
+            data.elements[k] = check_finite(v, path, ctx.key, "element values (features)")
         for k in dict.fromkeys([*skeys, *required_set_keys]):
             if k not in f[sg]:
                 raise InputError(
                     f"missing per-set column; present: {sorted(f[sg].keys())}", path, f"{sg}/{k}"
                 )
-            data.sets[k] = _decode(f[sg][k][()])
+            ctx.key = f"{sg}/{k}"
+            v = _decode(h5_read(f[sg][k], path, ctx.key))
+            data.sets[k] = check_finite(v, path, ctx.key, "per-set values (targets)")
     return data.validate(path)
 
 
@@ -258,18 +267,50 @@ def csr_groups(f: h5py.File, path: str | Path) -> tuple[str, str]:
     InputError
         If ``ptr`` or the element/set groups are missing or malformed.
     """
-    eg = f.attrs.get("element_group", "stars")
-    sg = f.attrs.get("set_group", "snapshots")
-    eg = eg.decode() if isinstance(eg, bytes) else str(eg)
-    sg = sg.decode() if isinstance(sg, bytes) else str(sg)
-    if "ptr" not in f:
-        raise InputError("missing CSR pointer array (int64, n_sets+1)", path, "ptr")
-    if f["ptr"].ndim != 1:
-        raise InputError(f"expected a 1-D array, got shape {f['ptr'].shape}", path, "ptr")
-    for g in (eg, sg):
-        if g not in f or not isinstance(f[g], h5py.Group):
-            raise InputError(f"missing group; top-level keys: {sorted(f.keys())}", path, g)
+    with reading(path, CSR_WHAT) as ctx:
+        ctx.key = "element_group"
+        eg = _group_name(f.attrs.get("element_group", "stars"), path, ctx.key)
+        ctx.key = "set_group"
+        sg = _group_name(f.attrs.get("set_group", "snapshots"), path, ctx.key)
+        ctx.key = "ptr"
+        if "ptr" not in f:
+            raise InputError("missing CSR pointer array (int64, n_sets+1)", path, "ptr")
+        d = h5_dataset(f, "ptr", path)
+        if d.ndim != 1:
+            raise InputError(f"expected a 1-D array, got shape {d.shape}", path, "ptr")
+        ptr = CSRSets(ptr=h5_read(d, path, "ptr")).validate(path).ptr
+        n_sets, n_elements = len(ptr) - 1, int(ptr[-1])
+        for g in (eg, sg):
+            ctx.key = g
+            if g not in f or not isinstance(f[g], h5py.Group):
+                raise InputError(f"missing group; top-level keys: {sorted(f.keys())}", path, g)
+        for k in f[eg]:
+            ctx.key = f"{eg}/{k}"
+            d = h5_dataset(f[eg], k, path, "fiu", ctx.key)
+            if d.shape != (n_elements,):
+                raise InputError(
+                    f"expected shape ({n_elements},) (= ptr[-1]), got {d.shape}", path, ctx.key
+                )
+        for k in f[sg]:
+            ctx.key = f"{sg}/{k}"
+            d = h5_dataset(f[sg], k, path, "fiubT", ctx.key)
+            if d.shape[:1] != (n_sets,):
+                raise InputError(
+                    f"expected first dimension {n_sets} (= len(ptr) - 1), got {d.shape}",
+                    path,
+                    ctx.key,
+                )
     return eg, sg
+
+
+def _group_name(value, path, key: str) -> str:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, str) or not value or "/" in value or value == "ptr":
+        raise InputError(f"expected a group name (non-empty string), got {value!r}", path, key)
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,18 +349,32 @@ def read_upstream_npz(path: str | Path) -> CSRSets:
     if not path.is_file():
         raise InputError("file not found", path)
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise InputError(f"not a readable .npz file ({err})", path) from None
-    with z:
+        with reading(path, NPZ_WHAT):
+            z = np.load(path, allow_pickle=False)
+    except InputError as err:
+        raise InputError(f"not a readable .npz file ({err.detail})", path) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise InputError(
+            f"expected an .npz archive of {', '.join(UPSTREAM_KEYS)}, got a single array", path
+        )
+    with z, reading(path, NPZ_WHAT) as ctx:
         for k in UPSTREAM_KEYS:
             if k not in z.files:
                 raise InputError(f"missing key; present: {sorted(z.files)}", path, k)
-        feature, target = z["feature"], z["target"]
-        fkeys = [str(k) for k in z["feature_keys"]]
-        tkeys = [str(k) for k in z["target_keys"]]
-        ptr = z["ptr"].astype(np.int64)
-        run_id = z["run_id"].astype(str) if "run_id" in z.files else None
+        arrays = {}
+        for k in (*UPSTREAM_KEYS, "run_id"):
+            if k in z.files:
+                ctx.key = k
+                arrays[k] = _npz_array(z, k, path)
+        feature, target = arrays["feature"], arrays["target"]
+        fkeys = _npz_names(arrays["feature_keys"], path, "feature_keys")
+        tkeys = _npz_names(arrays["target_keys"], path, "target_keys")
+        ptr = _npz_ptr(arrays["ptr"], path)
+        run_id = arrays["run_id"].astype(str) if "run_id" in arrays else None
+        if feature.dtype.kind not in "fiu":
+            raise InputError(f"expected numbers, got {feature.dtype}", path, "feature")
+        if target.dtype.kind not in "fiu":
+            raise InputError(f"expected numbers, got {target.dtype}", path, "target")
     if feature.ndim != 2 or feature.shape[1] != len(fkeys):
         raise InputError(
             f"expected shape (n_stars, {len(fkeys)}) matching feature_keys, got {feature.shape}",
@@ -333,6 +388,8 @@ def read_upstream_npz(path: str | Path) -> CSRSets:
             path,
             "target",
         )
+    check_finite(feature, path, "feature", "features")
+    check_finite(target, path, "target", "targets")
     n = len(ptr) - 1
     sets = {k: target[:, j].astype(np.float64) for j, k in enumerate(tkeys)}
     sets["run_id"] = run_id if run_id is not None else np.array([path.stem] * n)
@@ -342,11 +399,39 @@ def read_upstream_npz(path: str | Path) -> CSRSets:
         elements={k: feature[:, j].astype(np.float32) for j, k in enumerate(fkeys)},
         sets=sets,
     )
+    data.validate(path)
     if data.n_elements != feature.shape[0]:
         raise InputError(
             f"ptr[-1] = {data.n_elements} but feature has {feature.shape[0]} rows", path, "ptr"
         )
-    return data.validate(path)
+    return data
+
+
+def _npz_array(z, key: str, path: Path) -> np.ndarray:
+    arr = np.asarray(z[key])
+    if arr.dtype.kind == "O" or arr.dtype.names is not None:
+        raise InputError(f"expected a plain numeric or string array, got {arr.dtype}", path, key)
+    return arr
+
+
+def _npz_names(arr: np.ndarray, path: Path, key: str) -> list[str]:
+    if arr.ndim != 1:
+        raise InputError(f"expected a 1-D array of column names, got shape {arr.shape}", path, key)
+    names = [str(k) for k in arr]
+    if len(set(names)) != len(names):
+        raise InputError(f"expected distinct column names, got {names}", path, key)
+    return names
+
+
+def _npz_ptr(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise InputError("expected integer values, got non-integral floats", path, "ptr")
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"expected integers, got {arr.dtype}", path, "ptr")
+    if arr.ndim != 1 or len(arr) < 1:
+        raise InputError(f"expected a 1-D array of length n_sets+1, got {arr.shape}", path, "ptr")
+    return arr.astype(np.int64)
 
 
 def write_upstream_npz(

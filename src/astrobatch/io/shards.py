@@ -36,9 +36,11 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
+from astrobatch.io.errors import h5_dataset, h5_read, reading
 
 SHARD_FORMAT = "astrobatch.shard"
 SHARD_VERSION = 1
+WHAT = "prepared shard (astrobatch.shard HDF5)"
 #: Chunk cache of readers that revisit hot chunks (image batches): 256 MiB, a prime
 #: number of hash slots (HDF5 advises ~100 x the chunks that fit in the cache).
 LARGE_CACHE = {"rdcc_nbytes": 256 * 2**20, "rdcc_nslots": 10007}
@@ -340,7 +342,7 @@ def shard_info(path: str | Path, require: Iterable[str] = ()) -> dict:
     if not path.is_file():
         raise InputError("prepared shard not found (run prepare first)", path)
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r") as f, reading(path, WHAT) as ctx:
             fmt = _attr(f.attrs.get("format"))
             if fmt != SHARD_FORMAT:
                 raise InputError(f"not a prepared shard: expected {SHARD_FORMAT!r}, got {fmt!r} "
@@ -359,7 +361,9 @@ def shard_info(path: str | Path, require: Iterable[str] = ()) -> dict:
                     raise InputError("missing key in prepared shard", path, k)
             columns, groups = {}, {}
             for k, obj in f.items():
+                ctx.key = k
                 if isinstance(obj, h5py.Dataset):
+                    h5_dataset(f, k, path)
                     if obj.shape[:1] != (n,):
                         raise InputError(f"expected {n} rows (n_rows), got shape {obj.shape}",
                                          path, k)  # fmt: skip
@@ -367,7 +371,8 @@ def shard_info(path: str | Path, require: Iterable[str] = ()) -> dict:
                     continue
                 if "ptr" not in obj:
                     raise InputError("missing CSR pointer of a ragged group", path, f"{k}/ptr")
-                ptr = obj["ptr"][()]
+                ctx.key = f"{k}/ptr"
+                ptr = h5_read(h5_dataset(obj, "ptr", path, "iu", ctx.key), path, ctx.key)
                 if (not np.issubdtype(ptr.dtype, np.integer) or ptr.shape != (n + 1,)
                         or ptr[0] != 0 or np.any(np.diff(ptr) < 0)):  # fmt: skip
                     raise InputError(
@@ -375,9 +380,11 @@ def shard_info(path: str | Path, require: Iterable[str] = ()) -> dict:
                         f"got {ptr.dtype} {ptr.shape}", path, f"{k}/ptr",
                     )  # fmt: skip
                 m = int(ptr[-1])
-                for c, d in obj.items():
+                for c in obj:
                     if c == "ptr":
                         continue
+                    ctx.key = f"{k}/{c}"
+                    d = h5_dataset(obj, c, path, name=ctx.key)
                     if d.shape[:1] != (m,):
                         raise InputError(f"expected {m} elements (ptr[-1]), got shape {d.shape}",
                                          path, f"{k}/{c}")  # fmt: skip
@@ -390,7 +397,7 @@ def shard_info(path: str | Path, require: Iterable[str] = ()) -> dict:
             }
     except InputError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as err:
+    except (OSError, KeyError, ValueError, TypeError) as err:  # opening the file
         raise InputError(f"corrupted or unreadable shard ({err})", path) from None
     return {
         "path": path,
@@ -460,7 +467,7 @@ class ShardReader:
         if self._file is None:
             try:
                 self._file = h5py.File(self.path, "r", **self.cache)
-            except OSError as err:
+            except (OSError, ValueError, RuntimeError) as err:
                 raise InputError(f"unreadable shard ({err})", self.path) from None
         return self._file
 
@@ -480,21 +487,35 @@ class ShardReader:
         ):
             raise InputError("missing key in prepared shard", self.path, key)
         if key not in self._ds:  # keep the handle: the chunk cache belongs to the open dataset
-            self._ds[key] = self.file[key]
+            with reading(self.path, WHAT, key):
+                self._ds[key] = h5_dataset(self.file, key, self.path)
         return self._ds[key]
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows (or elements) ``start:stop`` of ``key``; strings as a ``numpy.str_`` array."""
+        """Rows (or elements) ``start:stop`` of ``key``; strings as a ``numpy.str_`` array.
+
+        Raises
+        ------
+        InputError
+            Unknown key, or the rows cannot be read (corrupt chunk, truncated file).
+        """
         d = self[key]
-        if h5py.check_string_dtype(d.dtype):
-            return np.array(d.asstr()[start:stop], dtype=str)
-        return d[start:stop]
+        with reading(self.path, WHAT, key):
+            if h5py.check_string_dtype(d.dtype):
+                return np.array(d.asstr()[start:stop], dtype=str)
+            return d[start:stop]
 
     def ptr(self, group: str) -> np.ndarray:
-        """CSR pointer of ``group``, int64 (n_rows + 1,)."""
+        """CSR pointer of ``group``, int64 (n_rows + 1,).
+
+        Raises
+        ------
+        InputError
+            Unknown group, or the pointer cannot be read.
+        """
         if group not in self.info["groups"]:
             raise InputError("missing ragged group in prepared shard", self.path, group)
-        return self.file[f"{group}/ptr"][()]
+        return h5_read(self[f"{group}/ptr"], self.path, f"{group}/ptr")
 
     def names(self, key: str) -> list[str] | None:
         """Labels of the last axis of ``key`` (its ``names`` attr), or None."""

@@ -97,6 +97,8 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     Parameters
     ----------
     params : ClusterAgeParams
+        ``mask``, ``model`` and ``training`` rebuild the checkpoint's CNN and its input
+        transform; ``evaluate`` sets the random-baseline draws; ``seed`` the baselines.
     paths : StudyPaths
         Reads ``prepared``, ``models`` and ``live`` (outputs of prepare and train); writes
         ``plots`` (PNG plots), ``reports`` (``predictions.parquet``) and, last, ``metrics``
@@ -105,7 +107,7 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     Returns
     -------
     dict
-        The metrics.
+        Flat metrics: test, test_inner, test_outer and the baselines, log age in dex.
 
     Raises
     ------

@@ -163,6 +163,8 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
     Parameters
     ----------
     params : StellarXPParams
+        ``model``, ``masking`` and ``finetune`` rebuild both checkpoints' models; ``data``
+        names the labels; ``seed`` seeds the baselines and the reconstruction masks.
     paths : StudyPaths
         Reads ``prepared`` (output of prepare), ``pretrained`` and ``models``
         (``best.ckpt`` of pretrain and finetune); writes ``plots`` (PNG plots),
@@ -172,7 +174,7 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
     Returns
     -------
     dict
-        The metrics.
+        Flat metrics: per label and split, the baselines and ``recon/*``.
 
     Raises
     ------
