@@ -45,6 +45,16 @@ class InputError(AstrobatchError):
         parts.append(message)
         super().__init__(": ".join(parts))
 
+    def in_file(self, path: str | Path) -> InputError:
+        """This error with ``path`` as its file, when it names none yet (for pure helpers).
+
+        Examples
+        --------
+        >>> str(InputError("too few runs", key="run_id").in_file("raw.h5"))
+        'raw.h5: key run_id: too few runs'
+        """
+        return self if self.path is not None else InputError(self.detail, path, self.key)
+
 
 class ParamsError(InputError):
     """Invalid ``params.yaml`` content (unknown key, wrong type, impossible value)."""

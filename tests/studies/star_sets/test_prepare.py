@@ -117,8 +117,9 @@ def test_prepare_real_nbody6(tmp_path):
         }
     )
     # one run only (two snapshots of the same cluster): cannot be split by run
-    with pytest.raises(InputError, match="cannot fill 2 splits"):
+    with pytest.raises(InputError, match="cannot fill 2 splits") as err:
         prepare(p.data, tmp_path / "out")
+    assert err.value.path == str(d / "conf.3_*")  # the message names the input
     assert not (tmp_path / "out").exists()
 
 

@@ -148,10 +148,13 @@ def prepare(
             "cluster_log_ages",
         )
     galaxies = np.asarray(raw.galaxy_ids)[kept]
-    if data.split.by == "galaxy":
-        local = split_by_galaxy(galaxies, data.split)
-    else:
-        local = split_random(len(kept), data.split)
+    try:
+        if data.split.by == "galaxy":
+            local = split_by_galaxy(galaxies, data.split)
+        else:
+            local = split_random(len(kept), data.split)
+    except InputError as err:
+        raise err.in_file(data.raw_path) from None
     parts = {k: kept[v] for k, v in local.items()}
     for k in ("train", "test"):
         if len(parts[k]) == 0:

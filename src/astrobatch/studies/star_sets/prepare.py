@@ -476,7 +476,10 @@ def _prepare(src: RawSource, params: StarSetsData, out_dir: Path, progress) -> d
         )  # fmt: skip
     first = {r: int(np.argmax(run_ids == r)) for r in runs}
     strata = [tuple(src.sets[k][first[r]].item() for k in strat_keys) for r in runs]
-    assignment = split_runs(runs, strata, params.split)
+    try:
+        assignment = split_runs(runs, strata, params.split)
+    except InputError as err:
+        raise err.in_file(src.path) from None
     split_of = {r: s for s, rs in assignment.items() for r in rs}
     idx = {s: np.flatnonzero([split_of[r] == s for r in run_ids]) for s in SPLITS}
 
