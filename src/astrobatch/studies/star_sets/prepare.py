@@ -37,6 +37,7 @@ from astrobatch.data.layouts import SET_ELEMENTS, set_layout
 from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, save_scalers
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_dir, write_json
+from astrobatch.io.errors import reading
 from astrobatch.io.sets import CSRSets, csr_groups, read_upstream_npz
 from astrobatch.io.shards import ShardWriter
 from astrobatch.params import SplitParams
@@ -115,14 +116,16 @@ class H5Source(RawSource):
             raise InputError(f"not a readable HDF5 file ({err})", p) from None
         self.eg, sg = csr_groups(self.f, p)
         self._columns: dict[str, h5py.Dataset] = {}
-        self.ptr = self.f["ptr"][()]
+        with reading(p, "raw star-set HDF5", "ptr"):
+            self.ptr = self.f["ptr"][()]
         if not np.issubdtype(self.ptr.dtype, np.integer) or self.ptr[0] != 0:
             raise InputError("expected int64 CSR pointer starting at 0", p, "ptr")
         if np.any(np.diff(self.ptr) < 0):
             raise InputError("expected a non-decreasing pointer", p, "ptr")
         self.sets = {}
         for k in self.f[sg]:
-            v = self.f[sg][k][()]
+            with reading(p, "raw star-set HDF5", f"{sg}/{k}"):
+                v = self.f[sg][k][()]
             if v.dtype.kind in "OS":
                 v = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in v])
             if v.shape[:1] != (self.n_sets,):
@@ -153,7 +156,12 @@ class H5Source(RawSource):
         return self._columns[k]
 
     def read_rows(self, start, stop, keys):
-        return np.stack([self._column(k)[start:stop] for k in keys], axis=1).astype(np.float64)
+        cols = []
+        for k in keys:
+            d = self._column(k)
+            with reading(self.path, "raw star-set HDF5", f"{self.eg}/{k}"):
+                cols.append(np.asarray(d[start:stop], dtype=np.float64))
+        return np.stack(cols, axis=1)
 
     def close(self):
         self.f.close()
