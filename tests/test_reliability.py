@@ -267,3 +267,40 @@ def test_swap_in_replaces_a_folder_and_leaves_no_old_copy(tmp_path):
     swap_in(a, b)
     assert [p.name for p in b.iterdir()] == ["x"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ------------------------------------------------------- 3. NaN in prepared shards is refused
+
+
+def test_nan_in_a_prepared_set_shard_is_a_clean_error(tmp_path, tiny_prepared):
+    import h5py
+
+    from astrobatch.data.sets import SetSampleDataset
+
+    bad = tmp_path / "train.h5"
+    shutil.copy(tiny_prepared / "train.h5", bad)
+    with h5py.File(bad, "a") as f:
+        f["stars/features"][3, 0] = float("nan")
+    with pytest.raises(InputError, match=r"NaN/inf \(first at index 3\)") as err:
+        SetSampleDataset(bad, tiny_params().sampling, seed=0, train=True)
+    assert err.value.path == str(bad) and err.value.key == "stars/features"
+
+
+def test_nan_targets_of_a_cutout_split_are_a_clean_error(tmp_path):
+    import numpy as np
+
+    from astrobatch.data.images import CutoutShardDataset, CutoutTransform
+    from astrobatch.data.layouts import cutout_layout
+    from astrobatch.io.shards import ShardWriter
+
+    p = tmp_path / "train.h5"
+    cols = cutout_layout(1, 4, ["F555W"], "e-/s", 4.0, None)
+    with ShardWriter(p, cols, chunk_rows=2) as w:
+        w.append({
+            "images": np.ones((3, 1, 4, 4), np.float32), "photometry": np.zeros((3, 1), np.float32),
+            "log_age": np.zeros(3, np.float32), "cluster_id": np.arange(3),
+            "galaxy_id": np.array(["a", "b", "c"]),
+        })  # fmt: skip
+    t = CutoutTransform("none", 0.0, "5im", "none", None, "none", 1.0)
+    with pytest.raises(InputError, match="first at index 1"):
+        CutoutShardDataset(p, t, np.array([0.0, np.inf, 0.0], np.float32))

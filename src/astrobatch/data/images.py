@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from astrobatch.data.sampling import ChunkBatchSampler, ShardDataModule
 from astrobatch.errors import InputError
+from astrobatch.io.errors import check_finite
 from astrobatch.io.shards import LARGE_CACHE, ShardReader
 from astrobatch.io.shards import open_shard as _open
 
@@ -378,7 +379,7 @@ class CutoutShardDataset(Dataset):
         if len(targets) != self.n:
             raise InputError(f"expected {self.n} targets, got {len(targets)}", path, "log_age")
         self.transform = transform
-        self.targets = np.asarray(targets, np.float32)
+        self.targets = check_finite(np.asarray(targets, np.float32), path, "log_age", "targets")
         self.augment = augment
         self.seed = seed
         self.epoch = 0
@@ -407,7 +408,7 @@ class CutoutShardDataset(Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         if self.in_memory:
             if self._cache is None:
-                self._cache = self._images()[:]
+                self._cache = check_finite(self._images()[:], self.path, "images", "pixels")
             return self._cache[idx]
         uniq, inv = np.unique(idx, return_inverse=True)
         # Runs of consecutive indices are read as hyperslabs through the chunk cache: h5py's

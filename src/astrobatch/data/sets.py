@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from astrobatch.data.layouts import SET_ELEMENTS, SET_FEATURES, SET_REQUIRED
 from astrobatch.data.sampling import ChunkBatchSampler, ShardDataModule
+from astrobatch.io.errors import check_finite
 from astrobatch.io.shards import open_shard
 
 
@@ -165,7 +166,9 @@ class SetSampleDataset(Dataset):
             self.sets = {k: r.read(k) for k in r.info["columns"] if "/" not in k}
             self.feature_keys = r.names(SET_FEATURES) or []
             self.features = r.read(SET_FEATURES) if in_memory else None
-        self.y = np.asarray(self.sets["target"], dtype=np.float32)
+        self.y = check_finite(np.asarray(self.sets["target"], np.float32), self.path, "target")
+        if self.features is not None:
+            check_finite(self.features, self.path, SET_FEATURES, "star features")
         self.sampling, self.seed, self.train = sampling, int(seed), train
 
     @property
