@@ -304,3 +304,24 @@ def test_nan_targets_of_a_cutout_split_are_a_clean_error(tmp_path):
     t = CutoutTransform("none", 0.0, "5im", "none", None, "none", 1.0)
     with pytest.raises(InputError, match="first at index 1"):
         CutoutShardDataset(p, t, np.array([0.0, np.inf, 0.0], np.float32))
+
+
+@pytest.mark.parametrize("text", ["garbage", "[1, 2]", '{"stats": {"channel_min": "x"}}'])
+def test_a_garbage_normalisation_file_is_a_clean_error(tmp_path, text):
+    from astrobatch.studies.cluster_age.train import load_norm_stats
+
+    (tmp_path / "normalisation.json").write_text(text)
+    with pytest.raises(InputError) as err:
+        load_norm_stats(tmp_path)
+    assert err.value.path == str(tmp_path / "normalisation.json")
+
+
+def test_a_garbage_dvclive_curve_is_a_clean_error(tmp_path):
+    from astrobatch.evaluate.plots import read_dvclive_curves
+
+    tsv = tmp_path / "plots" / "metrics" / "train" / "loss.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_bytes(b"\xff\xfe\x00garbage\n")
+    with pytest.raises(InputError) as err:
+        read_dvclive_curves(tmp_path, ("train/loss",))
+    assert err.value.path == str(tsv)

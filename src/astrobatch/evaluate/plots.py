@@ -84,13 +84,23 @@ def read_dvclive_curves(
     -------
     dict of str to pandas.DataFrame
         For each curve found: columns ``step`` and ``value``.
+
+    Raises
+    ------
+    astrobatch.errors.InputError
+        A curve file that is not a DVCLive TSV (missing ``step`` or value column,
+        unreadable text).
     """
+    from astrobatch.io.errors import reading
+
     curves = {}
     for name in names:
         p = Path(live_dir) / "plots" / "metrics" / f"{name}.tsv"
         if p.is_file():
-            df = pd.read_csv(p, sep="\t")
-            curves[name] = df[["step", name.split("/")[-1]]].set_axis(["step", "value"], axis=1)
+            col = name.split("/")[-1]
+            with reading(p, "DVCLive curve (TSV with step and value columns)", col):
+                df = pd.read_csv(p, sep="\t")
+                curves[name] = df[["step", col]].set_axis(["step", "value"], axis=1)
     return curves
 
 

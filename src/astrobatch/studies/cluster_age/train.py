@@ -25,6 +25,7 @@ from astrobatch.data.images import (
 )
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import read_manifest, write_json
+from astrobatch.io.errors import reading
 from astrobatch.nn.cnn import AgeCNN
 from astrobatch.studies.cluster_age.params import ClusterAgeParams
 from astrobatch.study import StudyPaths
@@ -124,8 +125,9 @@ def load_norm_stats(model_dir: str | Path) -> NormStats | None:
     path = Path(model_dir) / NORM_FILE
     if not path.is_file():
         raise InputError("missing file (run train first)", path)
-    d = json.loads(path.read_text())
-    return NormStats.from_dict(d["stats"]) if d.get("stats") else None
+    with reading(path, "normalisation file written by train (JSON)", "stats"):
+        d = json.loads(path.read_text())
+        return NormStats.from_dict(d["stats"]) if d.get("stats") else None
 
 
 def train(
