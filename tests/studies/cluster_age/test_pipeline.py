@@ -207,3 +207,18 @@ def test_normalisation_statistics_come_from_masked_training_images(raw_file, tmp
 def _raw_train(tmp_path):
     with h5py.File(tmp_path / "prep" / "train.h5") as f:
         return f["images"][:]
+
+
+def test_the_galaxy_split_error_names_the_raw_file(tmp_path):
+    """Audit: 'split by galaxy needs at least 3 galaxies' named no file."""
+    from astrobatch.studies.cluster_age.simulate import simulate_to_file
+
+    p = tiny_params(simulate={"n_galaxies": 2})
+    raw = tmp_path / "two_galaxies.h5"
+    simulate_to_file(p.simulate, raw)
+    q = tiny_params(simulate={"n_galaxies": 2},
+                    data={"raw_path": str(raw), "split": {"by": "galaxy"}})  # fmt: skip
+    with pytest.raises(InputError, match="galaxies") as err:
+        prepare(q.data, tmp_path / "prep")
+    assert err.value.path == str(raw)
+    assert not (tmp_path / "prep").exists()

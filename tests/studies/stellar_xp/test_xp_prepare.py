@@ -303,3 +303,22 @@ def test_unknown_real_layout_and_empty_split(xp_raw, tmp_path):
         out,
         r"small\.fits: key source_id: the (val|test) split is empty",
     )
+
+
+def test_a_zero_row_pretraining_file_is_refused_and_the_previous_output_kept(xp_raw, tmp_path):
+    """Audit defect: a zero-row pretraining file was prepared, then trained on, exit 0."""
+    raw, _ = xp_raw
+    zero = tmp_path / "zero.h5"
+    with h5py.File(raw / "pretrain.h5") as src, h5py.File(zero, "w") as dst:
+        for k in src:
+            dst.create_dataset(k, data=src[k][:0])
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")  # a previous output
+    p = tiny_xp_params(raw, pretrain_path=str(zero), pretrain_sources="simulated")
+    with pytest.raises(InputError, match="no rows for pretrain_train") as err:
+        prepare(p, out)
+    assert err.value.path == str(zero)
+    assert [q.name for q in out.iterdir()] == ["manifest.json"]

@@ -641,6 +641,20 @@ def prepare(
                 tick(len(ids))
         for s, w in zip(FINETUNE_SPLITS, writers, strict=True):
             counts[f"finetune_{s}"] = w.n_rows
+        # an empty split would train on nothing and exit 0: refused before the swap-in
+        pretrain_input = d.pretrain_path if sim else ", ".join(map(str, d.real_xp_paths))
+        for name in ("pretrain_train", "pretrain_val"):
+            if counts[name] == 0:
+                raise InputError(
+                    f"no rows for {name} (expected at least one star with XP coefficients)",
+                    pretrain_input, "data.pretrain_sources",
+                )  # fmt: skip
+        for name in ("finetune_train", "finetune_val"):
+            if counts[name] == 0:
+                raise InputError(
+                    f"no labelled rows for {name} (expected at least one star with labels)",
+                    d.finetune_path, "data.split",
+                )  # fmt: skip
 
         manifest = {
             "format": MANIFEST_FORMAT,
