@@ -325,3 +325,24 @@ def test_a_garbage_dvclive_curve_is_a_clean_error(tmp_path):
     with pytest.raises(InputError) as err:
         read_dvclive_curves(tmp_path, ("train/loss",))
     assert err.value.path == str(tsv)
+
+
+def test_ctrl_c_in_training_is_a_keyboard_interrupt_not_exit_1(trained):
+    """Lightning turns Ctrl-C into sys.exit(1); the CLI promises exit 130 and a resume."""
+    import signal
+
+    from lightning.pytorch.callbacks import Callback
+
+    from astrobatch.studies.star_sets.train import train
+
+    class CtrlC(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    _, paths = trained
+    q = tiny_params(seed=11, training={"max_epochs": 3})
+    with pytest.raises(KeyboardInterrupt, match="run again to resume"):
+        train(q, paths, [CtrlC()])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert train(q, paths)["resumed"] is True

@@ -268,11 +268,20 @@ def fit(
         report=None,
     )  # fmt: skip
     trainer = _trainer(training, work, plugins=plugins or None, callbacks=cbs, logger=logger)
-    trainer.fit(
-        task, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True
-    )
+    try:
+        trainer.fit(
+            task, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True
+        )
+    except SystemExit:
+        # Lightning answers Ctrl-C with sys.exit(1) and leaves SIGINT ignored: give the
+        # interruption back (the CLI exits 130) and Ctrl-C its default meaning
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if trainer.interrupted:
-        raise KeyboardInterrupt("training interrupted; run again to resume from last.ckpt")
+        raise KeyboardInterrupt(
+            f"training interrupted; run again to resume from {work / 'last.ckpt'}"
+        )
     state = {
         "fingerprint": fp,
         "complete": True,
