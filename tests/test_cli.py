@@ -89,3 +89,13 @@ def test_train_corrupted_shard_exit_2(tmp_path, tiny_prepared):
               "--prepared", str(prep), "--out", str(tmp_path / "m")],
     )  # fmt: skip
     assert r.exit_code == 2 and "train.h5" in r.output and "corrupted" in r.output
+
+
+def test_version():
+    from typer.testing import CliRunner
+
+    from astrobatch import __version__
+    from astrobatch.cli import app
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"astrobatch {__version__}"

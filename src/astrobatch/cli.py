@@ -22,6 +22,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from astrobatch import __version__
+
+        typer.echo(f"astrobatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Reproducible deep-learning studies in astronomy."""
+
+
 for _entry in STUDIES.values():
     _study = importlib.import_module(f"{_entry.package}.stages").study
     app.add_typer(_study.app, name=_study.cli_name)
