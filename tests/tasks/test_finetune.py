@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F_
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from astrobatch.errors import InputError
 from astrobatch.nn.autoencoder import MaskedAutoencoder
@@ -19,35 +18,12 @@ from astrobatch.nn.heads import MLPHead, QuantileHead
 from astrobatch.tasks.finetune import FinetuneTask, load_pretrained_encoder
 from astrobatch.tasks.masked import MaskedReconstructionTask
 from astrobatch.tasks.quantile import pinball_loss
+from tests.helpers import Rows
+from tests.helpers import quiet_trainer as _trainer
 
 F, R, NL = 12, 10, 3
 XP = list(range(2, 8))
 LR_ENC, LR_HEAD = 1e-3, 1e-2
-
-
-class Rows(Dataset):
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data["x"])
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.data.items()}
-
-
-def _trainer(tmp_path, **kw) -> L.Trainer:
-    args = {
-        "max_epochs": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "default_root_dir": tmp_path,
-    }
-    args.update(kw)
-    return L.Trainer(**args)
 
 
 # --------------------------------------------------------------------------- head-only phase

@@ -8,7 +8,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from astrobatch.nn.autoencoder import MaskedAutoencoder
 from astrobatch.tasks.masked import (
@@ -24,6 +24,7 @@ from astrobatch.tasks.masked import (
     seeded_generator,
 )
 from astrobatch.tasks.optim import decay_param_groups
+from tests.helpers import Rows
 
 F, R = 12, 10
 XP = list(range(2, 8))
@@ -38,17 +39,6 @@ def synthetic(n: int, seed: int = 0, missing: float = 0.1) -> dict[str, torch.Te
     x = t @ w + 0.05 * torch.randn(n, F, generator=g)
     x[torch.rand(n, F, generator=g) < missing] = float("nan")
     return {"x": x.float(), "x_err": torch.full((n, F), 0.05)}
-
-
-class Rows(Dataset):
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data["x"])
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.data.items()}
 
 
 def tiny_task(**kw) -> MaskedReconstructionTask:

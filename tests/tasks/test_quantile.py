@@ -10,10 +10,11 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from astrobatch.nn.heads import QuantileHead
 from astrobatch.tasks.quantile import QUANTILES, QuantileFinetuneTask, pinball_loss, pinball_terms
+from tests.helpers import Rows
 
 F, NL = 6, 3
 LABELS = ["teff", "logg", "parallax"]
@@ -27,17 +28,6 @@ def synthetic(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     y = y + 0.1 * torch.randn(n, NL, generator=g)
     y[torch.rand(n, NL, generator=g) < 0.1] = float("nan")
     return {"x": x, "y": y}
-
-
-class Rows(Dataset):
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data["x"])
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.data.items()}
 
 
 def tiny_task(**kw) -> QuantileFinetuneTask:

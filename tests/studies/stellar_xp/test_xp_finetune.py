@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import warnings
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from astrobatch.nn.autoencoder import MaskedAutoencoder
 from astrobatch.nn.heads import QuantileHead
@@ -25,6 +24,8 @@ from astrobatch.studies.stellar_xp.train import (
     build_pretrain_task,
 )
 from astrobatch.tasks.quantile import QuantileFinetuneTask, pinball_loss
+from tests.helpers import Rows
+from tests.helpers import quiet_trainer as _trainer
 
 F, R, NL = 12, 10, 3
 XP = list(range(2, 8))
@@ -68,31 +69,6 @@ def synthetic(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
         "y": y,
         "y_err": torch.full((n, NL), 0.05),
     }
-
-
-class Rows(Dataset):
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data["x"])
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.data.items()}
-
-
-def _trainer(tmp_path, **kw) -> L.Trainer:
-    args = {
-        "max_epochs": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "default_root_dir": tmp_path,
-    }
-    args.update(kw)
-    return L.Trainer(**args)
 
 
 # --------------------------------------------------------------------------- losses
