@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ import yaml
 from astrobatch.studies.star_sets.params import StarSetsParams
 
 ROOT = Path(__file__).resolve().parents[1]
+# resume folders of the tests' runs (astrobatch.train.resume_root), subprocesses included:
+# never the user's cache
+os.environ["ASTROBATCH_RESUME_DIR"] = tempfile.mkdtemp(prefix="astrobatch-test-resume-")
 
 
 def shared_data_dir() -> Path:

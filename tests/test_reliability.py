@@ -21,7 +21,7 @@ from astrobatch.io.atomic import atomic_dir, recover, swap_in
 from astrobatch.params import TrainingParams
 from astrobatch.study import StudyPaths
 from astrobatch.tasks.checkpoints import load_checkpoint
-from astrobatch.train import load_model_weights, partial_dir
+from astrobatch.train import load_model_weights, pending_runs
 from tests.conftest import tiny_params
 
 
@@ -139,9 +139,7 @@ def test_trainer_settings_are_checked_before_anything_is_removed(trained, monkey
     with pytest.raises(ParamsError, match="accelerator"):
         train(bad, paths)
     assert _digests(paths.models) == before
-    assert not partial_dir(paths.models).exists() or not any(
-        partial_dir(paths.models).glob("*.ckpt")
-    )
+    assert not any(p.rglob("*.ckpt") for p in pending_runs(paths.models))
 
 
 def test_an_interrupted_train_keeps_the_previous_model_and_resumes(trained):
@@ -159,11 +157,12 @@ def test_an_interrupted_train_keeps_the_previous_model_and_resumes(trained):
     q = tiny_params(seed=9, training={"max_epochs": 3})
     with pytest.raises(Preempted):
         train(q, paths, [Kill()])
-    assert _digests(paths.models) == before  # the new run waits in the partial folder
-    assert (partial_dir(paths.models) / "last.ckpt").is_file()
+    assert _digests(paths.models) == before  # the new run waits in its resume folder
+    (pending,) = pending_runs(paths.models)
+    assert (pending / "model" / "last.ckpt").is_file()
     state = train(q, paths)
     assert state["resumed"] is True and state["complete"] is True
-    assert _digests(paths.models) != before and not partial_dir(paths.models).exists()
+    assert _digests(paths.models) != before and not pending_runs(paths.models)
 
 
 def test_a_corrupt_last_ckpt_starts_afresh_instead_of_crashing_every_rerun(trained):
@@ -180,7 +179,8 @@ def test_a_corrupt_last_ckpt_starts_afresh_instead_of_crashing_every_rerun(train
     q = tiny_params(seed=9, training={"max_epochs": 2})
     with pytest.raises(Preempted):
         train(q, paths, [Kill()])
-    (partial_dir(paths.models) / "last.ckpt").write_bytes(b"truncated")
+    (pending,) = pending_runs(paths.models)
+    (pending / "model" / "last.ckpt").write_bytes(b"truncated")
     state = train(q, paths)
     assert state["complete"] is True and state["resumed"] is False
 

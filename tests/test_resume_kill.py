@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from astrobatch.train import pending_runs
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -43,13 +44,17 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_prepared):
     assert full.wait(timeout=300) == 0, full.stderr.read()
 
     job = _train(params, tiny_prepared, tmp_path / "cut")
-    last = tmp_path / "cut/.models.partial/last.ckpt"  # a run is built beside its folder
-    deadline = time.time() + 240
-    while not last.exists() and job.poll() is None and time.time() < deadline:
+    deadline = time.time() + 240  # a run is built in its resume folder, outside the project
+
+    def last() -> Path | None:
+        return next((p / "model/last.ckpt" for p in pending_runs(tmp_path / "cut/models")
+                     if (p / "model/last.ckpt").exists()), None)  # fmt: skip
+
+    while last() is None and job.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.kill(job.pid, signal.SIGKILL)  # killed after its first checkpoint, mid-training
     job.wait(timeout=60)
-    state = json.loads((tmp_path / "cut/.models.partial/train_state.json").read_text())
+    state = json.loads((last().parent / "train_state.json").read_text())
     assert state["complete"] is False, "the job finished before it could be killed"
     assert not (tmp_path / "cut/models").exists()
 

@@ -145,14 +145,38 @@ def test_write_evaluation_writes_tables_then_metrics(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "r" / "predictions.parquet"), table)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "r" / "other.csv"), table)
     # a bad table name fails before the metrics are replaced
-    with pytest.raises(ValueError, match=r"\.parquet or \.csv"):
+    with pytest.raises(ValueError, match=r"\.parquet, \.csv, \.ecsv, \.fits"):
         write_evaluation({"test/mae": 9.0}, tmp_path / "m" / "s.json", tmp_path / "r",
                          {"new.parquet": table, "x.txt": table})  # fmt: skip
     assert json.loads((tmp_path / "m" / "s.json").read_text()) == {"test/mae": 0.25}
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "metrics_full.json",
         "other.csv",
         "predictions.parquet",
     ]
+
+
+def test_write_evaluation_headline_full_metrics_and_tables_with_units(tmp_path):
+    from astropy.table import Table
+
+    full = {f"test/m{i}": float(i) for i in range(20)}
+    table = pd.DataFrame({"source_id": [7, 8], "teff": [5000.0, 6000.0]})
+    write_evaluation(
+        full, tmp_path / "m.json", tmp_path / "r",
+        {"p.ecsv": table, "p.fits": table},
+        headline=["test/m3", "test/m1", "real/absent"], units={"teff": "K"},
+    )  # fmt: skip
+    # the DVC metric holds the headline keys, in their order; the full set beside the tables
+    assert list(json.loads((tmp_path / "m.json").read_text()).items()) == [
+        ("test/m3", 3.0), ("test/m1", 1.0)
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "r" / "metrics_full.json").read_text()) == full
+    for name in ("p.ecsv", "p.fits"):
+        t = Table.read(tmp_path / "r" / name)
+        assert str(t["teff"].unit) == "K" and t["source_id"].unit is None
+        assert list(t["source_id"]) == [7, 8] and t["source_id"].dtype.kind == "i"
+    with pytest.raises(ValueError, match="at most 12"):
+        write_evaluation(full, tmp_path / "m.json", tmp_path / "r", headline=list(full))
 
 
 @pytest.mark.parametrize(

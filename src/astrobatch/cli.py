@@ -12,10 +12,12 @@ import importlib
 import typer
 
 from astrobatch import sweeps
+from astrobatch.exp_cli import app as exp_app
 from astrobatch.slurm import app as slurm_app
 from astrobatch.studies import STUDIES
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="astrobatch",
     help="Reproducible deep-learning studies in astronomy. Each study is a chain of DVC "
     "stages (simulate -> prepare -> train -> evaluate) driven by params.yaml.",
@@ -46,6 +48,7 @@ for _entry in STUDIES.values():
     app.add_typer(_study.app, name=_study.cli_name)
 app.add_typer(slurm_app, name="slurm")
 app.add_typer(sweeps.app, name="sweep")
+app.add_typer(exp_app, name="exp")
 
 
 def _mount_compare() -> None:

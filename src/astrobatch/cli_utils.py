@@ -16,6 +16,15 @@ from astrobatch.progress import setup_logging
 ParamsOption = Annotated[
     Path, typer.Option("--params", "-p", help="Parameters file (YAML) with the study's section.")
 ]
+SetParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set-param", "-S", metavar="KEY=VALUE",
+        help="Override a param, as in `dvc exp run -S`: key=value (YAML value; the key "
+        "dotted from the top, star_sets.training.lr=1e-3, or from the study's section, "
+        "training.lr=1e-3). Repeatable; the params file is not changed.",
+    ),
+]  # fmt: skip
 
 
 def stage(app: typer.Typer, name: str) -> Callable:

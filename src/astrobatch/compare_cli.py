@@ -115,6 +115,7 @@ def compare(
             combine_params,
             filter_rows,
             load_experiments,
+            mixed_params,
             plot_comparison,
             summarise,
             write_markdown,
@@ -129,6 +130,12 @@ def compare(
         param = combine_params(df, param)
         hue = combine_params(df, hue) if hue else None
         summary = summarise(df, metric, param, hue=hue)
+        for group, differ in mixed_params(df, [param, *([hue] if hue else [])]).items():
+            typer.echo(
+                f"warning: group {group}: the params {', '.join(differ)} differ between its "
+                "experiments (pooled as repetitions; filter with --where)",
+                err=True,
+            )
         baselines = baseline_values(df, baseline or [])
         stem = name or default_stem(metric, param, hue)
         md_path, png_path = out / f"{stem}.md", out / f"{stem}.png"
@@ -149,6 +156,7 @@ def compare(
 
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="compare",
     help="Compare DVC experiments as a markdown table and a figure.",
     pretty_exceptions_enable=False,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -260,7 +261,71 @@ def parse_section(raw: dict[str, Any] | None, model: type[M], section: str, path
         raise ParamsError(_format_validation_error(err, section), path=path) from None
 
 
-def load_params(section: str, path: str | Path = DEFAULT_PARAMS) -> Any:
+def apply_overrides(data: dict, overrides: Iterable[str], section: str, path: str) -> dict:
+    """Apply ``key=value`` overrides (the syntax of ``dvc exp run -S``) to params data.
+
+    Parameters
+    ----------
+    data : dict
+        The parsed params file (not modified).
+    overrides : iterable of str
+        ``[<file>:]<dotted.key>=<value>``; the value is parsed as YAML (``3``, ``1e-3``,
+        ``true``, ``[1, 2]``, ``deep_sets``). A key that does not start with a top-level
+        section of the file is taken as relative to ``section`` (``training.lr=1e-3``).
+    section : str
+        The study's section.
+    path : str
+        The params file (a ``<file>:`` prefix must name it).
+
+    Returns
+    -------
+    dict
+        A copy of ``data`` with the overrides set (missing levels created; the section
+        model then rejects unknown keys).
+
+    Raises
+    ------
+    ParamsError
+        An override without ``=``, with an empty key, another file, or a value that is
+        not YAML.
+
+    Examples
+    --------
+    >>> apply_overrides({"s": {"t": {"lr": 1}}}, ["s.t.lr=1e-3", "t.n=[1, 2]"], "s", "p.yaml")
+    {'s': {'t': {'lr': 0.001, 'n': [1, 2]}}}
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        file, colon, key = key.rpartition(":")
+        where = f"-S {item}"
+        if not sep or not key.strip("."):
+            raise ParamsError(f"{where}: expected key=value (as in `dvc exp run -S`)", path=path)
+        if colon and Path(file).name != Path(path).name:
+            raise ParamsError(f"{where}: this command reads {path}, not {file}", path=path)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{where}: the value is not YAML ({err})", path=path) from None
+        parts = key.split(".")
+        if parts[0] not in out:
+            parts = [section, *parts]
+        node = out
+        for name in parts[:-1]:
+            nxt = node.get(name) if isinstance(node, dict) else None
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[name] = nxt
+            node = nxt
+        node[parts[-1]] = parsed
+    return out
+
+
+def load_params(
+    section: str, path: str | Path = DEFAULT_PARAMS, overrides: Iterable[str] = ()
+) -> Any:
     """Read ``params.yaml`` and return the validated model of one section.
 
     Parameters
@@ -269,6 +334,8 @@ def load_params(section: str, path: str | Path = DEFAULT_PARAMS) -> Any:
         Section name, e.g. ``"star_sets"``.
     path : str or pathlib.Path
         YAML file (default ``params.yaml`` in the working directory).
+    overrides : iterable of str
+        ``key=value`` settings applied before validation (:func:`apply_overrides`).
 
     Returns
     -------
@@ -290,6 +357,7 @@ def load_params(section: str, path: str | Path = DEFAULT_PARAMS) -> Any:
         raise ParamsError(f"not valid YAML: {err}", path=path) from None
     if not isinstance(data, dict):
         raise ParamsError("expected a mapping of sections at the top level", path=path)
+    data = apply_overrides(data, overrides, section, str(path))
     from astrobatch.studies import STUDIES
 
     unknown = sorted(set(data) - set(STUDIES) - SHARED_KEYS)

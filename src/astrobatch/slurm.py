@@ -75,6 +75,7 @@ PUSH_ATTEMPTS = 5
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="slurm",
     help="Run DVC experiments as SLURM job arrays (one git clone per task, shared DVC cache; "
     "results come back as experiments of the project), and follow them.",

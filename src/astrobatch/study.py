@@ -47,7 +47,7 @@ from typing import Annotated, Any
 
 import typer
 
-from astrobatch.cli_utils import ParamsOption, stage
+from astrobatch.cli_utils import ParamsOption, SetParamOption, stage
 from astrobatch.params import DEFAULT_PARAMS, load_params
 
 log = logging.getLogger("astrobatch.study")
@@ -181,18 +181,21 @@ class Study:
         self.cli_name = name.replace("_", "-")
         self.paths = StudyPaths.for_study(name)
         self.log = logging.getLogger(f"astrobatch.studies.{name}")
-        self.app = typer.Typer(name=self.cli_name, help=help, no_args_is_help=True)
+        self.app = typer.Typer(
+            name=self.cli_name, help=help, no_args_is_help=True, rich_markup_mode=None
+        )
 
     def load(self, path: str | Path = DEFAULT_PARAMS, resume: bool | None = None,
-             resume_attr: str = "training") -> Any:  # fmt: skip
-        """The validated params section of this study, with a ``--resume`` override applied.
+             resume_attr: str = "training", overrides: Iterable[str] = ()) -> Any:  # fmt: skip
+        """The validated params section of this study, with ``-S`` and ``--resume`` applied.
 
         Raises
         ------
         astrobatch.errors.ParamsError
-            Missing or invalid params file or section.
+            Missing or invalid params file or section, or a bad override.
         """
-        return _with_resume(load_params(self.name, path), resume_attr, resume)
+        p = load_params(self.name, path, overrides)
+        return _with_resume(p, resume_attr, resume)
 
     def stage(
         self,
@@ -255,6 +258,8 @@ class Study:
             sig_params = [
                 inspect.Parameter("params", inspect.Parameter.KEYWORD_ONLY,
                                   default=DEFAULT_PARAMS, annotation=ParamsOption),
+                inspect.Parameter("set_param", inspect.Parameter.KEYWORD_ONLY,
+                                  default=None, annotation=SetParamOption),
             ]  # fmt: skip
             for key, (default, text) in folders.items():
                 ann = Annotated[Path | None if default is None else Path, typer.Option(help=text)]
@@ -277,7 +282,8 @@ class Study:
 
             def command(**kwargs: Any) -> Any:
                 flag = kwargs.pop("resume", None)
-                p = self.load(kwargs.pop("params"), flag, resume or "training")
+                p = self.load(kwargs.pop("params"), flag, resume or "training",
+                              kwargs.pop("set_param") or ())  # fmt: skip
                 if takes_paths:
                     given = {(out if k == "out" else k): kwargs.pop(k) for k in folders}
                     result = f(p, replace(self.paths, **given), **kwargs)
@@ -385,30 +391,92 @@ def staged_outputs(*kinds: str) -> Callable:
     return deco
 
 
+#: At most this many headline metrics per study go to ``metrics/<study>.json`` (the DVC
+#: metric that ``dvc exp show`` and ``astrobatch exp show`` tabulate); the full set goes to
+#: ``reports/<study>/metrics_full.json``.
+MAX_HEADLINE = 12
+FULL_METRICS = "metrics_full.json"
+
+
+def headline_metrics(metrics: Mapping[str, float], keys: Iterable[str]) -> dict[str, float]:
+    """The headline subset of ``metrics``, in the order of ``keys`` (absent keys skipped).
+
+    Parameters
+    ----------
+    metrics : mapping of str to float
+        The full flat metrics of an evaluation.
+    keys : iterable of str
+        The study's headline names: the main error, its baselines and their ratios,
+        calibration, real-data figures. A key absent from ``metrics`` (no real data in
+        this run, say) is left out.
+
+    Returns
+    -------
+    dict of str to float
+
+    Raises
+    ------
+    ValueError
+        More than :data:`MAX_HEADLINE` keys.
+
+    Examples
+    --------
+    >>> headline_metrics({"test/mae": 0.2, "val/mae": 0.3, "n": 4}, ["test/mae", "real/mae"])
+    {'test/mae': 0.2}
+    """
+    keys = list(dict.fromkeys(keys))
+    if len(keys) > MAX_HEADLINE:
+        raise ValueError(f"{len(keys)} headline metrics: at most {MAX_HEADLINE} ({keys})")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _astropy_table(table: Any, units: Mapping[str, str] | None) -> Any:
+    from astropy import units as u
+    from astropy.table import Table
+
+    if not isinstance(table, Table):
+        table = Table.from_pandas(table, index=False)
+    for name, unit in (units or {}).items():
+        if name in table.colnames:
+            table[name].unit = u.Unit(unit)
+    return table
+
+
 def write_evaluation(
     metrics: Mapping[str, float],
     metrics_path: str | Path,
-    reports_dir: str | Path | None = None,
+    reports_dir: str | Path,
     tables: Mapping[str, Any] | None = None,
+    headline: Iterable[str] | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> None:
-    """Write an evaluation: its tables, then its flat metrics JSON (the last file written).
+    """Write an evaluation: its tables, the full metrics, then the headline metrics JSON.
 
     Parameters
     ----------
     metrics : mapping of str to float
         Flat metrics with stable names (``test/mae``, ``baseline/median/test/mae``).
     metrics_path : str or pathlib.Path
-        The study's metrics JSON (``metrics/<study>.json``), read by ``dvc exp show``.
-    reports_dir : str or pathlib.Path, optional
-        Folder of the tables.
-    tables : mapping of str to pandas.DataFrame, optional
-        File name -> table; ``.parquet`` names are written as Parquet (no index),
-        ``.csv`` as CSV.
+        The study's DVC metrics file (``metrics/<study>.json``), read by ``dvc exp show``:
+        receives the ``headline`` subset (:func:`headline_metrics`), or everything when
+        ``headline`` is None.
+    reports_dir : str or pathlib.Path
+        Folder of the tables and of ``metrics_full.json`` (every metric; not a DVC metric,
+        so that the experiment tables stay readable).
+    tables : mapping of str to table, optional
+        File name -> pandas.DataFrame, written by suffix: ``.parquet`` (no index), ``.csv``,
+        and through astropy.table.Table with ``units`` ``.ecsv`` and ``.fits`` (an astropy
+        Table is accepted there as it is).
+    headline : iterable of str, optional
+        The study's headline metric names (at most :data:`MAX_HEADLINE`).
+    units : mapping of str to str, optional
+        Column name -> astropy unit string (``"solMass"``, ``"dex"``, ``"K"``) for the
+        ``.ecsv`` and ``.fits`` tables; columns not named are dimensionless or ids.
 
     Raises
     ------
     ValueError
-        A table name with another suffix.
+        A table name with another suffix; too many headline metrics.
 
     Notes
     -----
@@ -419,19 +487,25 @@ def write_evaluation(
     from astrobatch.io.atomic import atomic_path, write_json
 
     tables = dict(tables or {})
-    bad = [name for name in tables if Path(name).suffix not in (".parquet", ".csv")]
+    suffixes = (".parquet", ".csv", ".ecsv", ".fits")
+    bad = [name for name in tables if Path(name).suffix not in suffixes]
     if bad:  # checked before anything is written
-        raise ValueError(f"tables {bad}: expected .parquet or .csv names")
-    if tables:
-        reports_dir = Path(reports_dir)  # type: ignore[arg-type]
-        reports_dir.mkdir(parents=True, exist_ok=True)
-        for fname, table in tables.items():
-            with atomic_path(reports_dir / fname) as tmp:
-                if fname.endswith(".parquet"):
-                    table.to_parquet(tmp, index=False)
-                else:
-                    table.to_csv(tmp, index=False)
-    write_json(metrics_path, dict(metrics))
+        raise ValueError(f"tables {bad}: expected {', '.join(suffixes)} names")
+    top = dict(metrics) if headline is None else headline_metrics(metrics, headline)
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for fname, table in tables.items():
+        suffix = Path(fname).suffix
+        with atomic_path(reports_dir / fname) as tmp:
+            if suffix == ".parquet":
+                table.to_parquet(tmp, index=False)
+            elif suffix == ".csv":
+                table.to_csv(tmp, index=False)
+            else:  # astropy: the format from the final name, not the temporary one
+                fmt = "ascii.ecsv" if suffix == ".ecsv" else "fits"
+                _astropy_table(table, units).write(tmp, format=fmt, overwrite=True)
+    write_json(reports_dir / FULL_METRICS, dict(metrics))
+    write_json(metrics_path, top, sort_keys=headline is None)
 
 
 def print_summary(

@@ -447,6 +447,7 @@ def run_comparisons(sweep: Sweep, exp_json: Path, dry_run: bool = False) -> list
 # ---------------------------------------------------------------------------------- CLI
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="sweep",
     help="Named sweeps of DVC experiments (sweeps.yaml): queue, run and compare them.",
     no_args_is_help=True,

@@ -2,17 +2,19 @@
 
 Every study trains through :func:`fit`: best and last checkpoints
 (``best.ckpt``, ``last.ckpt``) in the model folder, early stopping on
-``val/loss``, curves logged with DVCLive, and automatic resumption: the model
-folder holds ``train_state.json`` with a fingerprint of everything that
-determines the run (params, prepared data); if an identical run was
-interrupted, the next call continues from ``last.ckpt``; otherwise training starts
-afresh. A run is built in a partial folder beside the model folder
-(:func:`partial_dir`, ``models/.<study>.partial``) and swapped in only when it has
-finished, so a failed or interrupted run never removes the previous model; an
-interrupted run's ``last.ckpt`` waits there for the resume. Data draws depend only on (seed,
-epoch, index) (:mod:`astrobatch.data.sets`), so a resumed run ends with the
-same weights as an uninterrupted one. Under SLURM, SIGUSR1 makes Lightning save
-``hpc_ckpt_<n>.ckpt`` in the partial folder and requeue the job; the requeued run
+``val/loss``, curves logged with DVCLive, and automatic resumption. A run is built in
+its *resume folder* (:func:`resume_dir`), outside the workspace and keyed by the run's
+fingerprint (everything that determines the run: params, prepared data), and swapped
+into the model folder only when it has finished: a failed or interrupted run never
+removes the previous model, and the next call with the same fingerprint continues from
+the interrupted run's ``last.ckpt``, under ``dvc repro`` and ``dvc exp run`` (workspace,
+``--temp`` or ``--queue``) alike. Model folders are therefore ordinary cached DVC outputs
+(no ``persist``), so DVC's run cache restores an earlier params set without training.
+The resume folder is removed when its run has finished.
+
+Data draws depend only on (seed, epoch, index) (:mod:`astrobatch.data.sets`), so a resumed
+run ends with the same weights as an uninterrupted one. Under SLURM, SIGUSR1 makes Lightning
+save ``hpc_ckpt_<n>.ckpt`` in the resume folder and requeue the job; the requeued run
 resumes from whichever of it and ``last.ckpt`` is newer (see :mod:`astrobatch.slurm`).
 """
 
@@ -22,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 from collections.abc import Callable, Iterable
@@ -40,6 +43,8 @@ from astrobatch.progress import interactive
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
 HPC_GLOB = "hpc_ckpt_*.ckpt"
+#: Environment variable naming the root of the resume folders (see :func:`resume_root`).
+RESUME_ENV = "ASTROBATCH_RESUME_DIR"
 #: Training params that do not change a run's result, left out of its fingerprint: the
 #: resume mode itself and the number of loader processes (draws depend only on (seed,
 #: epoch, index), never on the worker that makes them). Everything else — batch size,
@@ -83,11 +88,10 @@ class EpochLog(Callback):
 
 
 def partial_dir(path: str | Path) -> Path:
-    """Where a run builds ``path`` before it is swapped in: ``<parent>/.<name>.partial``.
+    """Where a finished run is staged before it is swapped in: ``<parent>/.<name>.partial``.
 
-    A fresh run trains there; an interrupted run leaves its ``last.ckpt`` and
-    ``train_state.json`` there (the previous model in ``path`` untouched) and the next call
-    resumes from it; a finished run replaces ``path`` with it.
+    Same file system as ``path``, so that the swap (:func:`astrobatch.io.atomic.swap_in`)
+    is a rename.
 
     Examples
     --------
@@ -96,6 +100,42 @@ def partial_dir(path: str | Path) -> Path:
     """
     path = Path(path)
     return path.with_name(f".{path.name}.partial")
+
+
+def resume_root() -> Path:
+    """The folder that holds the resume folders of unfinished runs.
+
+    ``$ASTROBATCH_RESUME_DIR`` when set, else ``$XDG_CACHE_HOME/astrobatch/resume``
+    (``~/.cache/astrobatch/resume``). Outside every workspace, so that DVC never checks
+    outputs out over it and ``dvc exp run --temp`` finds it; on a cluster it should be on a
+    file system that every node sees (the home directory usually is).
+    """
+    env = os.environ.get(RESUME_ENV)
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "astrobatch" / "resume"
+
+
+def _slug(model_dir: str | Path) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", Path(model_dir).as_posix()).strip("_")[-80:]
+
+
+def resume_dir(model_dir: str | Path, fp: str) -> Path:
+    """The resume folder of the run ``fp`` of ``model_dir``: ``model/`` and ``live/`` inside.
+
+    Examples
+    --------
+    >>> resume_dir("models/star_sets", "0123456789abcdef" * 4).name
+    'models_star_sets-0123456789abcdef'
+    """
+    return resume_root() / f"{_slug(model_dir)}-{fp[:16]}"
+
+
+def pending_runs(model_dir: str | Path) -> list[Path]:
+    """The resume folders of unfinished runs of ``model_dir`` (any fingerprint)."""
+    root = resume_root()
+    return sorted(root.glob(f"{_slug(model_dir)}-" + "[0-9a-f]" * 16)) if root.is_dir() else []
 
 
 def _resume_path(model_dir: Path, fp: str, mode: str) -> Path | None:
@@ -183,7 +223,7 @@ def fit(
     """Train ``task`` with early stopping, checkpoints, DVCLive curves and auto-resume.
 
     Nothing of a previous model is removed before the new one is complete: the run is built
-    in :func:`partial_dir` of ``model_dir`` and ``live_dir`` and swapped in on success. Before
+    in its :func:`resume_dir` and swapped into ``model_dir`` and ``live_dir`` on success. Before
     anything is cleared, the train and val loaders are built (missing or bad shards raise
     first) and so is the Trainer (bad Lightning settings raise ParamsError).
 
@@ -222,7 +262,8 @@ def fit(
     from astrobatch.io.atomic import swap_in
 
     model_dir, live_dir = Path(model_dir), Path(live_dir)
-    work, work_live = partial_dir(model_dir), partial_dir(live_dir)
+    run_dir = resume_dir(model_dir, fp)
+    work, work_live = run_dir / "model", run_dir / "live"
     ckpt = _resume_path(work, fp, training.resume)
     if ckpt is not None and not _readable_checkpoint(ckpt):
         ckpt = None
@@ -255,9 +296,8 @@ def fit(
         plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
     _trainer(training, work, callbacks=[], logger=False)  # settings checked, nothing written
     if ckpt is None and first:
-        for p in (work, work_live):  # only our own partial folders: the previous model stays
-            if p.exists():
-                shutil.rmtree(p)
+        if run_dir.exists():  # only our own resume folder: the previous model stays
+            shutil.rmtree(run_dir)
     elif ckpt is not None:
         log.info("resuming interrupted run from %s", ckpt)
     work.mkdir(parents=True, exist_ok=True)
@@ -299,8 +339,13 @@ def fit(
         for p in work.glob(HPC_GLOB):  # superseded by best.ckpt/last.ckpt
             p.unlink()
         write_json(work / STATE_FILE, state)
-        swap_in(work_live, live_dir)
-        swap_in(work, model_dir)
+        for src, dst in ((work_live, live_dir), (work, model_dir)):
+            staged = partial_dir(dst)  # beside dst: the swap is a rename
+            if staged.exists():
+                shutil.rmtree(staged)
+            shutil.move(src, staged)  # a rename, or a copy across file systems
+            swap_in(staged, dst)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return state
 
 

@@ -41,8 +41,10 @@ MODEL = "study.model.name"
 BY_MODEL = {
     "a": [0.321045, 0.34791, 0.341045, 0.32331],  # master, jumpy-arks, lived-acts, drawn-peri
     "b": [0.240659, 0.229436, 0.227062, 0.207062],  # tippy-loss, alary-goad, cased-tell, exp-b
-    "c": [0.274276, 0.303637, 0.286175, 0.286175],  # mardy-polo, huger-dita, filar-sorb, fined-daze
+    "c": [0.274276, 0.303637, 0.286175],  # mardy-polo, huger-dita, filar-sorb
 }
+# fined-daze (c, seed 1, radius 4) is the same run as filar-sorb (same params and metrics):
+# one result, counted once
 
 runner = CliRunner()
 
@@ -64,11 +66,12 @@ def _is_png(path: Path) -> np.ndarray:
 
 
 def test_rows_kinds_and_names(df):
-    assert len(df) == 12
-    assert df["kind"].value_counts().to_dict() == {"experiment": 11, "baseline": 1}
+    assert len(df) == 11
+    assert df["kind"].value_counts().to_dict() == {"experiment": 10, "baseline": 1}
     names = set(df["name"])
-    assert {"master", "exp-b", "fined-daze", "filar-sorb"} <= names
-    assert not names & {"workspace", "broken", "pending"}  # duplicate, failed, queued
+    assert {"master", "exp-b", "filar-sorb"} <= names
+    # duplicates (the workspace, fined-daze = filar-sorb), failed, queued
+    assert not names & {"workspace", "fined-daze", "broken", "pending"}
     master = df.set_index("name").loc["master"]
     assert master["rev"] == "2b7a02a6587d02a52f0c12921e6e83328d29b673"
     assert pd.isna(master["baseline"])
@@ -98,14 +101,16 @@ def test_workspace_kept_when_it_differs(tmp_path):
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(doc))
     df = cmp.load_experiments(path)
-    assert len(df) == 13
+    assert len(df) == 12
     ws = df[df["kind"] == "workspace"]
     assert ws["name"].tolist() == ["workspace"] and ws[METRIC].tolist() == [0.9]
 
 
 def test_all_commits_two_baselines():
     df = cmp.load_experiments(ALL_COMMITS)
-    assert df["kind"].value_counts().to_dict() == {"experiment": 12, "baseline": 2}
+    # master holds the committed result of filar-sorb (= fined-daze): counted once, as master
+    assert df["kind"].value_counts().to_dict() == {"experiment": 10, "baseline": 2}
+    assert not set(df["name"]) & {"filar-sorb", "fined-daze"}
     head = df[df["name"] == "master"].iloc[0]
     old = df[(df["kind"] == "baseline") & (df["name"] != "master")].iloc[0]
     assert old["name"] == old["rev"][:7]  # no branch points at the old commit
@@ -184,7 +189,7 @@ def test_none_runs_dvc_exp_show(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(cmp, "_dvc_executable", lambda: _fake_dvc(tmp_path, body))
     df = cmp.load_experiments(None)
-    assert len(df) == 12 and args.read_text() == "exp show --json"
+    assert len(df) == 11 and args.read_text() == "exp show --json"
 
 
 def test_none_dvc_failure_is_input_error(tmp_path, monkeypatch):
@@ -315,7 +320,7 @@ def test_cli_writes_both_files(tmp_path):
     md = (out / f"{stem}.md").read_text()
     assert "baseline/mean/test/mae" in md and "0.3333 ± 0.01321" in md
     _is_png(out / f"{stem}.png")
-    assert "0.3333 ± 0.01321" in r.stdout and "12 experiments" in r.stdout
+    assert "0.3333 ± 0.01321" in r.stdout and "11 experiments" in r.stdout
 
 
 def test_cli_name_and_hue(tmp_path):
@@ -402,9 +407,19 @@ def test_cli_runs_dvc_in_a_real_repo(tmp_path, monkeypatch):
     _is_png(repo / "reports/compare/test_mae_vs_study.model.name.png")
 
 
+def test_mixed_params_inside_a_group_are_warned(tmp_path):
+    # model "c" rows: radius 4 everywhere; model "a": master has radius 2, the grid 4
+    df = cmp.load_experiments(FIXTURE)
+    mixed = cmp.mixed_params(df, [MODEL])
+    assert mixed.get("a") == ["study.radius"] and "c" not in mixed
+    r = runner.invoke(app, ["--exp-json", str(FIXTURE), "-m", METRIC, "--param", MODEL,
+                            "-o", str(tmp_path)])  # fmt: skip
+    assert r.exit_code == 0 and "group a: the params study.radius differ" in r.output
+
+
 def test_cli_experiments_only_drops_commit_rows(tmp_path):
     args = ["--exp-json", str(FIXTURE), "-m", METRIC, "--param", MODEL, "-o", str(tmp_path)]
     every = runner.invoke(app, args)
     only = runner.invoke(app, [*args, "--experiments-only"])
     assert every.exit_code == only.exit_code == 0
-    assert "12 experiments" in every.stdout and "11 experiments" in only.stdout
+    assert "11 experiments" in every.stdout and "10 experiments" in only.stdout

@@ -317,7 +317,8 @@ class TableArrayDataset(Dataset):
         self.path = Path(path)
         self.info = table_info(self.path)
         self.arrays = read_table_shard(self.path)
-        self.arrays.pop("source_id")
+        #: int64 (n,): the rows' ``source_id`` (kept out of the items)
+        self.source_id = self.arrays.pop("source_id")
 
     def __len__(self) -> int:
         return self.info["n_rows"]

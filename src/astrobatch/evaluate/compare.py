@@ -197,6 +197,64 @@ def _drop_duplicate_workspace(rows: list[dict[str, Any]]) -> list[dict[str, Any]
     return kept
 
 
+def _drop_repeated_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Count each result once: rows with the same name, or the same params and metrics
+    (one result listed as a commit, an experiment and the workspace) are kept once:
+    the commit first, then the experiment."""
+    rank = {"baseline": 0, "experiment": 1, "workspace": 2}
+    kept: list[dict[str, Any]] = []
+    seen_names, seen_results = set(), set()
+    for row in sorted(rows, key=lambda r: rank.get(r["meta"]["kind"], 3)):
+        key = json.dumps([row["params"], row["metrics"]], sort_keys=True, default=str)
+        name = (row["meta"]["kind"], row["meta"]["name"])
+        if key in seen_results or name in seen_names:
+            continue
+        seen_results.add(key)
+        seen_names.add(name)
+        kept.append(row)
+    order = {id(r): i for i, r in enumerate(rows)}
+    return sorted(kept, key=lambda r: order[id(r)])
+
+
+def mixed_params(
+    df: pd.DataFrame, keys: Iterable[str], ignore: Iterable[str] = ()
+) -> dict[str, list[str]]:
+    """Params, other than the grouping ones, that differ inside a group of ``keys``.
+
+    A comparison pools the runs of one group as repetitions; a param that differs
+    inside a group (say a learning rate left over from another sweep) makes that pooling
+    wrong. Seeds (params whose last component is ``seed``) and ``ignore`` are expected to
+    differ.
+
+    Returns
+    -------
+    dict of str to list of str
+        Group label (the key values joined by `` / ``) -> the params that differ in it.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"m": ["a", "a", "b"], "lr": [0.1, 0.2, 0.1], "x.seed": [1, 2, 3]})
+    >>> df.attrs["params"] = ["m", "lr", "x.seed"]
+    >>> mixed_params(df, ["m"])
+    {'a': ['lr']}
+    """
+    keys = list(keys)
+    skip = set(keys) | set(ignore)
+    others = [
+        c for c in df.attrs.get("params", [])
+        if c in df.columns and c not in skip and c.rsplit(".", 1)[-1] != "seed"
+    ]  # fmt: skip
+    out: dict[str, list[str]] = {}
+    if not keys or not others:
+        return out
+    for values, group in df.groupby(keys, sort=False, dropna=True):
+        values = values if isinstance(values, tuple) else (values,)
+        differ = [c for c in others if group[c].astype(str).nunique(dropna=False) > 1]
+        if differ:
+            out[" / ".join(format_value(v) for v in values)] = differ
+    return out
+
+
 def _metric_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """Column name of each (file, metric): bare, or ``stem:name`` when files collide."""
     files_of: dict[str, list[str]] = {}
@@ -256,7 +314,9 @@ def load_experiments(source: str | Path | None) -> pd.DataFrame:
         ``df.attrs["params"]`` and ``df.attrs["metrics"]`` list the parameter
         and metric columns. Failed, queued and running experiments and rows
         without metrics are dropped; the workspace row is dropped when a
-        commit or experiment has identical params and metrics.
+        commit or experiment has identical params and metrics, and every result is
+        counted once (rows with the same params and metrics, or the same name, are
+        kept once: commits, then experiments).
 
     Raises
     ------
@@ -289,7 +349,7 @@ def load_experiments(source: str | Path | None) -> pd.DataFrame:
                 "file not found; write it with `dvc exp show --json > FILE`", path=path
             )
         text = path.read_text(encoding="utf-8")
-    rows = _drop_duplicate_workspace(_parse(_decode(text, label), label))
+    rows = _drop_repeated_results(_drop_duplicate_workspace(_parse(_decode(text, label), label)))
     if not rows:
         raise InputError(
             "no experiment with metrics (failed and queued experiments are skipped); "

@@ -147,8 +147,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON, atomically.
+def write_json(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """Write ``obj`` as indented JSON, atomically.
 
     Parameters
     ----------
@@ -156,6 +156,8 @@ def write_json(path: str | Path, obj: Any) -> None:
         Destination file.
     obj : Any
         JSON-serialisable object (NumPy scalars are converted).
+    sort_keys : bool
+        Sort the keys (default); False keeps the mapping's order (headline metrics).
     """
 
     def default(o: Any) -> Any:
@@ -166,7 +168,7 @@ def write_json(path: str | Path, obj: Any) -> None:
         raise TypeError(f"not JSON serialisable: {type(o)}")
 
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=default) + "\n")
 
 
 class Manifest(dict):

@@ -36,7 +36,7 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
-from astrobatch.io.errors import guarded, reading
+from astrobatch.io.errors import guarded, open_h5, reading
 
 WHAT = "pretraining HDF5 file (sslset<N>_part<k> compound datasets)"
 
@@ -73,7 +73,7 @@ def _open(path: str | Path) -> h5py.File:
         raise InputError("pretraining HDF5 file not found", path)
     try:
         with reading(path, WHAT):
-            return h5py.File(path, "r")
+            return open_h5(path, WHAT)
     except InputError as err:
         raise InputError(f"not a readable HDF5 file ({err.detail})", path) from None
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
-from astrobatch.io.errors import h5_dataset, h5_read, reading
+from astrobatch.io.errors import h5_dataset, h5_read, open_h5, reading
 
 #: HST bands of the PHANGS-HST cluster cutouts, in channel order (WFC3/UVIS F275W, F336W,
 #: F438W, F555W and F814W; LEGUS catalogues name their columns after the same bands).
@@ -750,7 +750,7 @@ def open_cutouts(path: str | Path) -> CutoutFile:
     if not path.is_file():
         raise InputError("file not found (expected a raw cutout HDF5 file)", path)
     try:
-        f = h5py.File(path, "r", rdcc_nbytes=READ_CACHE_BYTES)
+        f = open_h5(path, "cutout file", rdcc_nbytes=READ_CACHE_BYTES)
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError(f"cannot open as HDF5: {e}", path) from e
     try:

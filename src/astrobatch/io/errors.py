@@ -340,3 +340,80 @@ def h5_read(d: h5py.Dataset, path: str | Path, name: str | None = None) -> np.nd
         if h5py.check_string_dtype(d.dtype) is not None:
             return np.array(d.asstr()[()], dtype=str)
         return np.asarray(d[()])
+
+
+# ------------------------------------------------------------------ HDF5 crash isolation
+#: Seconds the metadata probe of an HDF5 file may take (``ASTROBATCH_HDF5_PROBE_TIMEOUT``).
+PROBE_TIMEOUT_S = 60.0
+_PROBE = r"""
+import sys
+import h5py
+
+def visit(name, obj):
+    for key in obj.attrs:
+        obj.attrs[key]
+    if isinstance(obj, h5py.Dataset):
+        obj.shape, obj.dtype, obj.chunks, obj.compression
+
+try:
+    with h5py.File(sys.argv[1], "r") as f:
+        visit("/", f)
+        f.visititems(visit)
+except Exception:
+    pass  # a Python-level error: the reader itself reports it as InputError
+"""
+_probed: dict[tuple[str, int, int], None] = {}
+
+
+def probe_hdf5(path: str | Path, what: str = "HDF5 file") -> None:
+    """Walk an HDF5 file's metadata in a child process, so that a corrupt file cannot crash
+    or hang this one.
+
+    On some byte-corrupted files the HDF5 C library crashes the interpreter (segmentation
+    fault) or loops forever while h5py reads attributes; no Python code can catch either.
+    The child opens the file, reads every attribute and the header of every dataset; a
+    child killed by a signal or running past the timeout marks the file as corrupt.
+    Python-level errors are left to the reader (they become InputError there). A file
+    is probed once per process (keyed by path, size and modification time).
+
+    Raises
+    ------
+    InputError
+        The HDF5 library crashed or hung on the file.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from astrobatch.errors import InputError
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return  # missing: the reader says so
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _probed or not p.is_file():
+        return
+    timeout = float(os.environ.get("ASTROBATCH_HDF5_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
+    try:
+        r = subprocess.run([sys.executable, "-c", _PROBE, str(p)], capture_output=True,
+                           timeout=timeout, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise InputError(
+            f"corrupt {what}: the HDF5 library hung reading its metadata (>{timeout:g} s)", p
+        ) from None
+    if r.returncode < 0 or r.returncode > 128:
+        raise InputError(
+            f"corrupt {what}: the HDF5 library crashed reading its metadata "
+            f"(signal {abs(r.returncode) if r.returncode < 0 else r.returncode - 128})",
+            p,
+        )
+    _probed[key] = None
+
+
+def open_h5(path: str | Path, what: str = "HDF5 file", **kwargs) -> h5py.File:
+    """``h5py.File(path, "r", **kwargs)`` after :func:`probe_hdf5`: the one way to open a
+    user-supplied HDF5 file for reading."""
+    probe_hdf5(path, what)
+    return h5py.File(path, "r", **kwargs)

@@ -25,7 +25,7 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
-from astrobatch.io.errors import check_finite, h5_dataset, h5_read, reading
+from astrobatch.io.errors import check_finite, h5_dataset, h5_read, open_h5, reading
 
 FORMAT_NAME = "astrobatch.csr_sets"
 FORMAT_VERSION = 1
@@ -199,7 +199,7 @@ def _open_h5(path: Path) -> h5py.File:
         raise InputError("file not found", path)
     try:
         with reading(path, CSR_WHAT):
-            return h5py.File(path, "r")
+            return open_h5(path, CSR_WHAT)
     except InputError as err:
         raise InputError(f"not a readable HDF5 file ({err.detail})", path) from None
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
-from astrobatch.io.errors import h5_dataset, h5_read, reading
+from astrobatch.io.errors import h5_dataset, h5_read, open_h5, reading
 
 SHARD_FORMAT = "astrobatch.shard"
 SHARD_VERSION = 1
@@ -342,7 +342,7 @@ def shard_info(path: str | Path, require: Iterable[str] = ()) -> dict:
     if not path.is_file():
         raise InputError("prepared shard not found (run prepare first)", path)
     try:
-        with h5py.File(path, "r") as f, reading(path, WHAT) as ctx:
+        with open_h5(path, WHAT) as f, reading(path, WHAT) as ctx:
             fmt = _attr(f.attrs.get("format"))
             if fmt != SHARD_FORMAT:
                 raise InputError(f"not a prepared shard: expected {SHARD_FORMAT!r}, got {fmt!r} "
@@ -466,7 +466,7 @@ class ShardReader:
         """The open HDF5 file (opened on first use)."""
         if self._file is None:
             try:
-                self._file = h5py.File(self.path, "r", **self.cache)
+                self._file = open_h5(self.path, WHAT, **self.cache)
             except (OSError, ValueError, RuntimeError) as err:
                 raise InputError(f"unreadable shard ({err})", self.path) from None
         return self._file

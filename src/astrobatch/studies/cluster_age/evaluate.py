@@ -13,8 +13,11 @@ only when prepare kept them):
   boosting from the 5 magnitudes and 4 colours to log age, fitted on the same
   training split; catalogue magnitudes when the raw file has them, else
   aperture photometry of the cutouts);
-- ``test/mdae_log_age_over_mean_baseline``: ratio of the model's test MdAE to the
-  mean baseline's.
+- ``test/mdae_log_age_over_mean_baseline``, ``test/mdae_log_age_over_photometric``:
+  ratios of the model's test MdAE to the mean and photometric baselines'.
+
+``metrics/cluster_age.json`` holds the :data:`HEADLINE` metrics, ``reports/cluster_age/
+metrics_full.json`` all of them.
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ from astrobatch.studies.cluster_age.train import (
 from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
+
+#: The headline metrics (``metrics/cluster_age.json``): the test MdAE against every baseline.
+HEADLINE = (
+    "test/mdae_log_age", "baseline/mean/test/mdae_log_age",
+    "baseline/photometric/test/mdae_log_age", "baseline/random/test/mdae_log_age",
+    "test/mdae_log_age_over_mean_baseline", "test/mdae_log_age_over_photometric",
+    "test/bias_log_age", "test_inner/mdae_log_age",
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 Q = "log_age"
@@ -161,12 +172,17 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
         )  # fmt: skip
     base = metrics["baseline/mean/test/mdae_log_age"]
     metrics["test/mdae_log_age_over_mean_baseline"] = metrics["test/mdae_log_age"] / base
+    phot = metrics["baseline/photometric/test/mdae_log_age"]
+    metrics["test/mdae_log_age_over_photometric"] = metrics["test/mdae_log_age"] / phot
     metrics["n_train"] = int(manifest["counts"]["train"])
     metrics["photometric_source_is_catalogue"] = int(phot_source == "catalogue")
     _plots(params, prepared_dir, live_dir, plots_dir, preds, datasets, transform)
+    predictions = pd.concat(rows, ignore_index=True)
     write_evaluation(
         metrics, metrics_path, reports_dir,
-        {"predictions.parquet": pd.concat(rows, ignore_index=True)},
+        {"predictions.parquet": predictions, "predictions.ecsv": predictions},
+        headline=HEADLINE,
+        units={c: "dex(yr)" for c in ("log_age_true", "log_age_pred", "log_age_photometric")},
     )  # fmt: skip
     return metrics
 

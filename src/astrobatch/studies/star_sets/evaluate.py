@@ -128,6 +128,22 @@ def predict_real(
     return metrics, pd.DataFrame(rows)
 
 
+def headline_keys(q: str, log10: bool = True) -> list[str]:
+    """The headline metrics of star_sets (``metrics/star_sets.json``) for target ``q``.
+
+    Test-set error per sample and per snapshot (the snapshot mean of its samples), the
+    median baseline and the ratio, bias, rank correlation, the spread of one snapshot's
+    predictions, and the mean absolute error on the real NBODY6++ snapshots (when any are
+    evaluated). Eight, so that ``astrobatch exp show star_sets`` fits 160 columns.
+    """
+    e = f"log_{q}" if log10 else q
+    return [
+        f"test/mae_{e}", f"baseline/median/test/mae_{e}", f"test/mae_{e}_over_baseline",
+        f"test/bias_{e}", f"test/snapshot/mae_{e}", "test/snapshot/spearman",
+        f"test/within_snapshot_std_log_{q}", f"real/mae_log_{q}",
+    ]  # fmt: skip
+
+
 @staged_outputs("plots", "reports", "metrics")
 def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
     """Evaluate the best checkpoint on val and test; write metrics, predictions and plots.
@@ -138,10 +154,11 @@ def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
     paths : StudyPaths
         Reads ``prepared`` (shards + scalers), ``models`` (``best.ckpt``) and ``live``
         (DVCLive curves); writes ``plots`` (``pred_vs_true.png``, ``residual_hist.png``,
-        ``loss_curves.png``), ``reports`` (``predictions.parquet``: ``split, snapshot_id,
-        run_id, sample_id, n_stars, prediction, target`` in physical units, plus log10
-        columns; ``real_snapshots.csv``) and, last, ``metrics`` (the flat metrics JSON,
-        ``metrics/star_sets.json``).
+        ``loss_curves.png``), ``reports`` (``predictions.ecsv`` with units, and the same
+        as ``predictions.parquet``: ``split, snapshot_id, run_id, sample_id, n_stars,
+        prediction, target`` in physical units, plus log10 columns; ``real_snapshots.csv``;
+        ``metrics_full.json``, every metric) and, last, ``metrics`` (the headline metrics,
+        :func:`headline_keys`, ``metrics/star_sets.json``).
 
     Returns
     -------
@@ -210,6 +227,9 @@ def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
 
     real_metrics, real_table = predict_real(params, model, fscaler, tscaler)
     metrics.update(real_metrics)
+    if len(real_table):
+        metrics[f"real/mae_log_{q}"] = float(np.abs(real_table[f"error_log_{q}"]).mean())
+        metrics["real/n_snapshots"] = len(real_table)
 
     pred_log, true_log, base, true_set, mean, std = test_pack
     label = f"log10 {q} [{UNITS.get(q, '')}]" if tscaler.log10 else f"{q} [{UNITS.get(q, '')}]"
@@ -225,9 +245,15 @@ def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
     curves = plots.read_dvclive_curves(Path(live_dir))
     if curves:
         plots.loss_curves(curves, plots_dir / "loss_curves.png")
+    predictions = pd.concat(frames, ignore_index=True)
+    unit = UNITS.get(q) or ""
     write_evaluation(
         metrics, metrics_path, reports_dir,
-        {"predictions.parquet": pd.concat(frames, ignore_index=True),
+        {"predictions.parquet": predictions, "predictions.ecsv": predictions,
          "real_snapshots.csv": real_table},
+        headline=headline_keys(q, tscaler.log10),
+        units={"prediction": unit, "target": unit,
+               "log10_prediction": f"dex({unit})" if unit else "dex",
+               "log10_target": f"dex({unit})" if unit else "dex"},
     )  # fmt: skip
     return metrics

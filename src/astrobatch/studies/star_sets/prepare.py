@@ -37,7 +37,7 @@ from astrobatch.data.layouts import SET_ELEMENTS, set_layout
 from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, save_scalers
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_dir, write_json
-from astrobatch.io.errors import reading
+from astrobatch.io.errors import open_h5, reading
 from astrobatch.io.sets import CSRSets, csr_groups, read_upstream_npz
 from astrobatch.io.shards import ShardWriter
 from astrobatch.params import SplitParams
@@ -111,7 +111,7 @@ class H5Source(RawSource):
         if not p.is_file():
             raise InputError("raw file not found (run simulate, or set star_sets.data.raw_path)", p)
         try:
-            self.f = h5py.File(p, "r")
+            self.f = open_h5(p, "raw star-set file")
         except OSError as err:
             raise InputError(f"not a readable HDF5 file ({err})", p) from None
         self.eg, sg = csr_groups(self.f, p)

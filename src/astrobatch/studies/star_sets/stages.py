@@ -59,7 +59,8 @@ def train_cmd(p, paths) -> dict:
     scaled log10 target, AdamW + cosine schedule, gradient clipping, early
     stopping on val/loss. Writes OUT/best.ckpt, OUT/last.ckpt and
     OUT/train_state.json; curves go to LIVE through DVCLive. An interrupted run
-    resumes from OUT/last.ckpt when called again with the same params.
+    resumes (from its resume folder, see astrobatch.train.resume_root) when called again
+    with the same params.
     """
     from astrobatch.studies.star_sets.train import train
 

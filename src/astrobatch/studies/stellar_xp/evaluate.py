@@ -20,7 +20,10 @@ Metrics (flat names; ``<label>`` in ``teff`` (K), ``logg`` (dex), ``fe_h`` (dex)
   which have nothing but XP, this measures the learned prior only).
 
 Per-bin residuals (bias, scatter and count in quantile bins of the true value) go to
-``reports/stellar_xp/residual_bins.csv``; predictions to ``predictions.parquet``.
+``reports/stellar_xp/residual_bins.csv``; predictions to ``predictions.ecsv`` (one row per
+``source_id``, with units) and ``predictions.parquet`` (long form). ``metrics/stellar_xp.json``
+holds the headline metrics (:func:`headline_keys`), ``reports/stellar_xp/metrics_full.json``
+all of them.
 """
 
 from __future__ import annotations
@@ -226,8 +229,9 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
         b.insert(0, "label", lab)
         bins.append(b)
         frames[lab] = pd.DataFrame(
-            {"true": t, "q16": q[:, i, 0], "q50": q[:, i, 1], "q84": q[:, i, 2], "hgb": hgb}
-        )
+            {"source_id": test_ds.source_id, "true": t, "q16": q[:, i, 0], "q50": q[:, i, 1],
+             "q84": q[:, i, 2], "hgb": hgb}
+        )  # fmt: skip
 
     # pretrained autoencoder: masked-XP reconstruction on held-out simulated and real sources
     ptask = build_pretrain_task(params, manifest)
@@ -247,14 +251,49 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
         r = reconstruction_error(ptask, pdm.loader(split), seed=params.seed, xp_masking_ratio=1.0)
         metrics[f"recon/{name}/xp_block_mae"] = float(r["mae"])
         recon_examples[name] = _recon_examples(ptask, pdm.dataset(split), manifest)
+    for k in ("rmse_over_hgb", "coverage_68"):  # one figure over the labels
+        metrics[f"test/mean/{k}"] = float(np.mean([metrics[f"test/{lab}/{k}"] for lab in labels]))
     table = pd.concat({k: v for k, v in frames.items()}, names=["label", "row"]).reset_index()
     bins_table = pd.concat(bins, ignore_index=True)
     _plots(plots_dir, frames, bins_table, recon_examples, manifest)
     write_evaluation(
         metrics, metrics_path, reports_dir,
-        {"predictions.parquet": table, "residual_bins.csv": bins_table},
+        {"predictions.parquet": table, "predictions.ecsv": wide_predictions(frames),
+         "residual_bins.csv": bins_table},
+        headline=headline_keys(labels),
+        units={f"{lab}_{c}": ECSV_UNITS[lab] for lab in labels
+               for c in ("true", "q16", "q50", "q84", "hgb")},
     )  # fmt: skip
     return metrics
+
+
+#: astropy units of the labels (columns.LABEL_UNITS in words; dex for the abundances)
+ECSV_UNITS = {"teff": "K", "logg": "dex(cm / s2)", "fe_h": "dex", "alpha": "dex", "age": "Gyr",
+              "parallax": "mas"}  # fmt: skip
+
+
+def headline_keys(labels) -> list[str]:
+    """The headline metrics of stellar_xp (``metrics/stellar_xp.json``).
+
+    The test RMSE of each label (at most six), the mean over labels of the RMSE over the
+    gradient-boosting baseline's and of the 68% interval coverage (ideal 0.68), and the
+    masked-XP reconstruction error on real sources.
+    """
+    return [
+        *(f"test/{lab}/rmse" for lab in list(labels)[:6]),
+        "test/mean/rmse_over_hgb", "test/mean/coverage_68", "recon/real/xp_mae",
+    ]  # fmt: skip
+
+
+def wide_predictions(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per test star: ``source_id`` then ``<label>_true``, ``_q16``, ``_q50``,
+    ``_q84``, ``_hgb`` (physical units) for every label."""
+    labs = list(frames)
+    out = pd.DataFrame({"source_id": frames[labs[0]]["source_id"].to_numpy()})
+    for lab in labs:
+        for c in ("true", "q16", "q50", "q84", "hgb"):
+            out[f"{lab}_{c}"] = frames[lab][c].to_numpy()
+    return out
 
 
 @torch.no_grad()
