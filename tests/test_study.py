@@ -260,3 +260,26 @@ def test_a_skeleton_study_needs_only_its_folder_params_and_one_registry_line(tmp
     bad = subprocess.run([sys.executable, "-c", script.replace("'--no-resume'", "'-p', 'x.yaml'")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "x.yaml" in bad.stderr + bad.stdout
+
+
+def test_set_param_overrides_like_dvc_without_touching_the_file(toy, tmp_path, monkeypatch):
+    study, calls = toy
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    before = Path("params.yaml").read_bytes()
+    r = CliRunner().invoke(
+        study.app,
+        ["train", "-S", "star_sets.training.lr=0.00025", "-S", "training.max_epochs=7",
+         "--set-param", "model.name=summary_stats", "-S", "params.yaml:star_sets.seed=11"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    p = calls["p"]
+    assert (p.training.lr, p.training.max_epochs, p.model.name, p.seed) == (
+        0.00025, 7, "summary_stats", 11
+    )  # fmt: skip
+    assert Path("params.yaml").read_bytes() == before
+    for bad, needle in [("training.lr", "expected key=value"),
+                        ("training.lr=[1", "not YAML"),
+                        ("other.yaml:star_sets.seed=1", "not other.yaml"),
+                        ("training.nope=1", "nope")]:  # fmt: skip
+        r = CliRunner().invoke(study.app, ["train", "-S", bad])
+        assert r.exit_code == 2 and needle in r.output, (bad, r.output)

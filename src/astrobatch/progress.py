@@ -20,9 +20,40 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
+#: Library loggers kept at WARNING (their INFO lines are banners and tips), their own
+#: handlers removed so that every line is printed once, by ours.
+QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric",
+                 "pytorch_lightning", "dvclive")  # fmt: skip
+#: Library warnings that ask nothing of a user: (message regex, category).
+QUIET_WARNINGS = (
+    (r".*Checkpoint directory .* exists and is not empty", UserWarning),  # our resume folder
+    (r".*isinstance\(treespec, LeafSpec\)", Warning),  # Lightning vs torch 2.13 pytree
+    (r".*does not have many workers", Warning),  # num_workers is a param; 0 is deliberate
+    (r".*The number of training batches .* is smaller than the logging interval", Warning),
+    (r".*litlogger", Warning),
+)
+
+
+def quiet_libraries() -> None:
+    """One line per event: library banners, tips and known-harmless warnings filtered."""
+    import warnings
+
+    for name in QUIET_LOGGERS:
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.WARNING)
+        lg.handlers.clear()
+        lg.propagate = True
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the root logger once: rich handler on a terminal, plain lines otherwise."""
+    """Configure the root logger once: rich handler on a terminal, plain lines otherwise.
+
+    Library noise is filtered (:func:`quiet_libraries`).
+    """
     root = logging.getLogger()
+    quiet_libraries()
     if getattr(root, "_astrobatch", False):
         return
     if interactive():

@@ -521,12 +521,16 @@ def print_summary(
     columns : iterable of str
         Column titles; all but the first are right-aligned.
     """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    from astrobatch.progress import interactive
+
+    # a terminal gets rules; a batch log (SLURM, dvc exp run --queue) plain aligned columns
+    table = Table(title=title, box=box.SIMPLE_HEAD if interactive() else None)
     for i, c in enumerate(columns):
         table.add_column(c, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    Console(stderr=True).print(table)
+    Console(stderr=True, color_system=None if not interactive() else "auto").print(table)

@@ -260,7 +260,9 @@ def fit(
     from dvclive.lightning import DVCLiveLogger
 
     from astrobatch.io.atomic import swap_in
+    from astrobatch.progress import quiet_libraries
 
+    quiet_libraries()  # again: importing Lightning resets its loggers to INFO
     model_dir, live_dir = Path(model_dir), Path(live_dir)
     run_dir = resume_dir(model_dir, fp)
     work, work_live = run_dir / "model", run_dir / "live"

@@ -706,6 +706,77 @@ def write_markdown(
     return text
 
 
+#: Statistic names in metric keys -> words.
+_STATS = {"mae": "MAE", "mdae": "MdAE (1.4826 x median |error|)", "rmse": "RMSE",
+          "median_ae": "median |error|", "p90_ae": "90th percentile |error|", "bias": "bias",
+          "scatter": "scatter", "r2": "R^2", "spearman": "Spearman rank correlation",
+          "pearson": "Pearson correlation", "coverage_68": "coverage of [q16, q84]",
+          "loss": "loss"}  # fmt: skip
+#: Quantities in metric keys -> (words, unit of an error of it).
+_QUANTITIES = {"log_mass": ("log10 mass", "dex"), "mass": ("mass", "Msun"),
+               "log_age": ("log age", "dex"), "teff": ("Teff", "K"), "logg": ("log g", "dex"),
+               "fe_h": ("[Fe/H]", "dex"), "alpha": ("[alpha/Fe]", "dex"),
+               "age": ("age", "Gyr"), "parallax": ("parallax", "mas")}  # fmt: skip
+#: Param names (last component) -> unit.
+_PARAM_UNITS = {"radius": "px", "crop_size": "px", "max_time_myr": "Myr", "lr": "",
+                "weight_decay": ""}  # fmt: skip
+_DIMENSIONLESS = ("r2", "spearman", "pearson", "coverage_68")
+
+
+def metric_label(metric: str) -> str:
+    """An axis label for a metric key: split, statistic, quantity and unit.
+
+    Examples
+    --------
+    >>> metric_label("test/mae_log_mass")
+    'test MAE of log10 mass [dex]'
+    >>> metric_label("baseline/median/test/mae_log_mass")
+    'test median baseline MAE of log10 mass [dex]'
+    >>> metric_label("study:test/teff/rmse")
+    'test RMSE of Teff [K]'
+    >>> metric_label("test/mdae_log_age_over_mean_baseline")
+    'test MdAE (1.4826 x median |error|) of log age / mean baseline (ratio)'
+    """
+    name = metric.rsplit(":", 1)[-1]
+    parts = name.split("/")
+    split, rest = parts[0], parts[1:]
+    if split == "baseline" and len(parts) >= 4:  # baseline/<name>/<split>/...
+        split, rest = f"{parts[2]} {parts[1]} baseline", parts[3:]
+    ratio = None
+    if rest and "_over_" in rest[-1]:
+        rest[-1], ratio = rest[-1].split("_over_", 1)
+    stat = qty = None
+    if len(rest) == 2 and rest[0] in _QUANTITIES:  # test/<label>/<stat>
+        qty, stat = rest
+    elif rest:
+        last = rest[-1]
+        for s in sorted(_STATS, key=len, reverse=True):
+            if last == s or last.startswith(s + "_"):
+                stat, qty = s, last[len(s) + 1 :] or None
+                break
+    if stat is None:
+        return metric
+    words, unit = _QUANTITIES.get(qty, (qty, "")) if qty else (None, "")
+    text = f"{split} {_STATS[stat]}" + (f" of {words}" if words else "")
+    if ratio:
+        return f"{text} / {ratio.replace('_', ' ')} (ratio)"
+    if unit and stat not in _DIMENSIONLESS:
+        text += f" [{unit}]"
+    return text
+
+
+def param_label(param: str) -> str:
+    """An axis label for a param: its dotted name, with a unit where one is known.
+
+    Examples
+    --------
+    >>> param_label("cluster_age.mask.radius")
+    'cluster_age.mask.radius [px]'
+    """
+    unit = _PARAM_UNITS.get(param.rsplit(".", 1)[-1].rsplit("+", 1)[-1])
+    return f"{param} [{unit}]" if unit else param
+
+
 def plot_comparison(
     summary: pd.DataFrame,
     path: str | Path,
@@ -713,6 +784,8 @@ def plot_comparison(
     param: str,
     hue: str | None = None,
     baselines: Mapping[str, float] | None = None,
+    x_label: str | None = None,
+    y_label: str | None = None,
 ) -> None:
     """Plot the summary as a PNG figure, atomically.
 
@@ -729,11 +802,14 @@ def plot_comparison(
     path : str or pathlib.Path
         PNG file to write (parent folders are created).
     metric, param : str
-        Axis labels (y and x).
+        The metric and param columns.
     hue : str, optional
         Second grouping column of ``summary``.
     baselines : mapping of str to float, optional
         Baseline metric name to value (see :func:`baseline_values`).
+    x_label, y_label : str, optional
+        Axis labels; by default :func:`param_label` and :func:`metric_label` (quantity and
+        unit read from the names).
 
     Raises
     ------
@@ -782,11 +858,14 @@ def plot_comparison(
             linestyle="--",
             linewidth=1.2,
             color=f"C{(len(groups) + k) % 10}",
-            label=f"{name} = {_fmt(value)}",
+            label=f"{metric_label(name)} = {_fmt(value)}",
         )
-    ax.set_xlabel(param)
-    ax.set_ylabel(f"{metric} (mean ± std)")
-    ax.set_title(f"{metric} vs {param}" + (f" by {hue}" if hue else ""), fontsize=10)
+    import textwrap
+
+    ax.set_xlabel(x_label or param_label(param))
+    ax.set_ylabel("\n".join(textwrap.wrap(f"{y_label or metric_label(metric)}, mean ± std", 45)))
+    title = f"{metric} vs {param}" + (f" by {hue}" if hue else "")
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.set_axisbelow(True)
     if hue is not None or baselines:

@@ -180,7 +180,10 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     predictions = pd.concat(rows, ignore_index=True)
     write_evaluation(
         metrics, metrics_path, reports_dir,
-        {"predictions.parquet": predictions, "predictions.ecsv": predictions},
+        {"predictions.parquet": predictions, "predictions.ecsv": predictions,
+         # the `dvc plots` scatter (dvc.yaml): the test split
+         "pred_vs_true.csv": pd.DataFrame({"true_log_age": preds["test"][1],
+                                           "predicted_log_age": preds["test"][0]})},
         headline=HEADLINE,
         units={c: "dex(yr)" for c in ("log_age_true", "log_age_pred", "log_age_photometric")},
     )  # fmt: skip

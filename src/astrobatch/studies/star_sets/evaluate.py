@@ -232,7 +232,9 @@ def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
         metrics["real/n_snapshots"] = len(real_table)
 
     pred_log, true_log, base, true_set, mean, std = test_pack
-    label = f"log10 {q} [{UNITS.get(q, '')}]" if tscaler.log10 else f"{q} [{UNITS.get(q, '')}]"
+    u = UNITS.get(q, "")
+    label = f"log10 {q} [dex({u})]" if tscaler.log10 else f"{q} [{u}]"
+    res_label = f"log10 {q} [dex]" if tscaler.log10 else f"{q} [{u}]"
     plots_dir.mkdir(parents=True, exist_ok=True)
     plots.pred_vs_true(
         pred_log, true_log, plots_dir / "pred_vs_true.png", label, (true_set, mean, std)
@@ -240,17 +242,20 @@ def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
     plots.residual_hist(
         {params.model.name: pred_log - true_log, "median baseline": base - true_log},
         plots_dir / "residual_hist.png",
-        label,
+        res_label,
     )
     curves = plots.read_dvclive_curves(Path(live_dir))
     if curves:
         plots.loss_curves(curves, plots_dir / "loss_curves.png")
     predictions = pd.concat(frames, ignore_index=True)
     unit = UNITS.get(q) or ""
+    # the `dvc plots` scatter (dvc.yaml): one point per test snapshot
+    snapshots = pd.DataFrame({f"true_log10_{q}": true_set, f"predicted_log10_{q}": mean,
+                              f"predicted_log10_{q}_std": std})  # fmt: skip
     write_evaluation(
         metrics, metrics_path, reports_dir,
         {"predictions.parquet": predictions, "predictions.ecsv": predictions,
-         "real_snapshots.csv": real_table},
+         "real_snapshots.csv": real_table, "pred_vs_true.csv": snapshots},
         headline=headline_keys(q, tscaler.log10),
         units={"prediction": unit, "target": unit,
                "log10_prediction": f"dex({unit})" if unit else "dex",

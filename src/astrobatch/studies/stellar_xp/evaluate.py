@@ -40,6 +40,7 @@ from astrobatch.data.scalers import load_table_scalers
 from astrobatch.data.tables import TableArrayDataset, TableDataModule
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import MAD_TO_SIGMA
+from astrobatch.studies.stellar_xp.columns import LABEL_UNITS
 from astrobatch.studies.stellar_xp.params import StellarXPParams
 from astrobatch.studies.stellar_xp.train import (
     build_finetune_task,
@@ -259,7 +260,11 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
     write_evaluation(
         metrics, metrics_path, reports_dir,
         {"predictions.parquet": table, "predictions.ecsv": wide_predictions(frames),
-         "residual_bins.csv": bins_table},
+         "residual_bins.csv": bins_table,
+         # the `dvc plots` scatter (dvc.yaml): true vs predicted median per label
+         "pred_vs_true.csv": pd.DataFrame(
+             {f"{k}_{lab}": frames[lab][c] for lab in labels
+              for k, c in (("true", "true"), ("predicted", "q50"))})},
         headline=headline_keys(labels),
         units={f"{lab}_{c}": ECSV_UNITS[lab] for lab in labels
                for c in ("true", "q16", "q50", "q84", "hgb")},
@@ -405,8 +410,8 @@ def _plots(plots_dir: Path, frames, bins: pd.DataFrame, recon, manifest) -> None
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_title(lab)
-        ax.set_xlabel("true")
-    axes[0][0].set_ylabel("predicted median [q16, q84]")
+        ax.set_xlabel(f"true {lab} [{LABEL_UNITS.get(lab, '')}]")
+        ax.set_ylabel(f"predicted median, q16-q84 [{LABEL_UNITS.get(lab, '')}]")
     plots._save(fig, plots_dir / "pred_vs_true.png")
 
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
@@ -415,8 +420,8 @@ def _plots(plots_dir: Path, frames, bins: pd.DataFrame, recon, manifest) -> None
         ax.errorbar(b.centre, b.bias, yerr=b.scatter, marker="o", capsize=3)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_title(lab)
-        ax.set_xlabel("true")
-    axes[0][0].set_ylabel("bias ± scatter of residuals")
+        ax.set_xlabel(f"true {lab} [{LABEL_UNITS.get(lab, '')}]")
+        ax.set_ylabel(f"residual bias ± scatter [{LABEL_UNITS.get(lab, '')}]")
     plots._save(fig, plots_dir / "residual_trends.png")
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
