@@ -116,3 +116,39 @@ def test_temp_experiments_do_not_inherit_params_and_exp_show_fits(repo):
     csv = run_ok(["astrobatch", "exp", "show", "star_sets", "--format", "csv"], d, env)
     head = csv.splitlines()[0].split(",")
     assert head[0] == "Experiment" and "test/mae_log_mass" in head and "training.lr" in head
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium (Debian chromium) not installed")
+def test_dvc_plots_page_draws_the_curves_offline(repo, tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    d, env = repo
+    run_ok(["git", "checkout", "params.yaml"], d, env)
+    run_ok(["dvc", "repro"], d, env)  # the committed params' outputs in the workspace
+    run_ok(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], d, env)
+    html = (tmp_path / "plots/index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "https://" not in html.split("<body>")[1][:2000]
+    assert html.count("vegaEmbed(") == 2  # star_sets: loss panel and pred-vs-true
+    png = tmp_path / "shot.png"
+    # no network for the page: --host-resolver-rules sends every host name nowhere
+    subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000",
+         "--window-size=1200,1400", f"--screenshot={png}",
+         (tmp_path / "plots/index.html").as_uri()],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    img = (imread(png)[..., :3] * 255).astype(int)
+    # DVC's colour of the workspace revision (#945dd6): the curves and points are drawn
+    purple = np.abs(img - [148, 93, 214]).sum(-1) < 60
+    assert purple.sum() > 500, purple.sum()
+    # both panels drawn: purple pixels in the left (loss) and right (scatter) halves
+    w = img.shape[1]
+    assert purple[:, : w // 3].sum() > 200 and purple[:, w // 3 :].sum() > 100

@@ -38,6 +38,9 @@ def show(
     ] = 1,
     repo: Annotated[Path, typer.Option(help="The DVC project.")] = Path("."),
     width: Annotated[int, typer.Option(help="Width of the table format, in characters.")] = 160,
+    transpose: Annotated[
+        bool, typer.Option("--transpose", "-T", help="One row per metric and param instead.")
+    ] = False,
 ) -> None:
     """One row per experiment of STUDY: its name, the study's params that differ between
     the rows, and the study's headline metrics (the keys of metrics/<study>.json).
@@ -53,6 +56,7 @@ def show(
         headline_keys,
         render_markdown,
         render_rich,
+        render_transposed,
         study_table,
     )
     from astrobatch.studies import STUDIES
@@ -71,5 +75,7 @@ def show(
         df.drop(columns="rev").to_csv(sys.stdout, index=False)
     elif fmt is Format.md:
         sys.stdout.write(render_markdown(df))
+    elif transpose:
+        sys.stdout.write(render_transposed(df, title=f"{name} experiments", width=width))
     else:
         sys.stdout.write(render_rich(df, title=f"{name} experiments", width=width))

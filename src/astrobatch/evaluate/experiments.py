@@ -208,6 +208,25 @@ def render_rich(df: pd.DataFrame, title: str | None = None, width: int = 160) ->
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
 
 
+def render_transposed(df: pd.DataFrame, title: str | None = None, width: int = 160) -> str:
+    """The table turned: one row per param and metric, one column per experiment."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table.add_column("", no_wrap=True)
+    for name in df["Experiment"]:
+        table.add_column(str(name), justify="right")
+    for c in [c for c in df.columns if c not in ("Experiment", "rev")]:
+        table.add_row(c, *(format_cell(v) for v in df[c]))
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None, legacy_windows=False).print(table)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
 def render_markdown(df: pd.DataFrame) -> str:
     """The table as GitHub markdown (full names; metrics right-aligned).
 
