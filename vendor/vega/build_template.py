@@ -23,7 +23,8 @@ def main(src: str) -> None:
         js = (Path(src) / pkg / "package" / "build" / name).read_text(encoding="utf-8")
         if "</script" in js:
             raise SystemExit(f"{pkg}/{name} contains </script>: cannot be inlined")
-        scripts.append(f"<!-- {pkg} ({name}, BSD-3-Clause, see LICENSE-*) -->\n<script>{js}</script>")
+        banner = f"<!-- {pkg} ({name}, BSD-3-Clause, see LICENSE-*) -->"
+        scripts.append(f"{banner}\n<script>{js}</script>")
     page = f"""<!DOCTYPE html>
 <html>
 <head>
