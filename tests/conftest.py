@@ -119,6 +119,7 @@ def make_tiny_repo(d: Path, env: dict[str, str], studies: tuple[str, ...] | None
     d.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "data" / "external", d / "data" / "external")
+    shutil.copytree(ROOT / "vendor", d / "vendor", ignore=shutil.ignore_patterns("__pycache__"))
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     if studies is not None:
         pipeline["stages"] = {
@@ -139,6 +140,8 @@ def make_tiny_repo(d: Path, env: dict[str, str], studies: tuple[str, ...] | None
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_ok(["git", "init", "-q"], d, env)
     run_ok([dvc, "init", "-q"], d, env)
-    run_ok([dvc, "config", "core.analytics", "false"], d, env)
+    # the project's DVC config (analytics off, the offline plots template) as in a clone
+    shutil.copy2(ROOT / ".dvc" / "config", d / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", d / ".dvc" / "plots")
     run_ok(["git", "add", "-A"], d, env)
     run_ok(["git", "commit", "-qm", "tiny project"], d, env)

@@ -126,7 +126,6 @@ def _chromium() -> str | None:
 
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium (Debian chromium) not installed")
 def test_dvc_plots_page_draws_the_curves_offline(repo, tmp_path):
-    import numpy as np
     from matplotlib.image import imread
 
     d, env = repo
@@ -146,9 +145,12 @@ def test_dvc_plots_page_draws_the_curves_offline(repo, tmp_path):
         capture_output=True, timeout=120, check=False,
     )  # fmt: skip
     img = (imread(png)[..., :3] * 255).astype(int)
-    # DVC's colour of the workspace revision (#945dd6): the curves and points are drawn
-    purple = np.abs(img - [148, 93, 214]).sum(-1) < 60
-    assert purple.sum() > 500, purple.sum()
-    # both panels drawn: purple pixels in the left (loss) and right (scatter) halves
+    # DVC's colour of the workspace revision (#945dd6, anti-aliased lighter on thin strokes):
+    # purple hue, blue and red above green (the blue smoothing slider has little red)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    purple = (b > g + 40) & (r > g + 20)
+    # both panels drawn side by side: the loss curves on the left, and on the right more
+    # purple than the scatter's legend ring alone (~45 pixels): the test-snapshot points
     w = img.shape[1]
-    assert purple[:, : w // 3].sum() > 200 and purple[:, w // 3 :].sum() > 100
+    assert purple[:, : w // 2].sum() > 500, purple[:, : w // 2].sum()
+    assert purple[:, w // 2 :].sum() > 80, purple[:, w // 2 :].sum()

@@ -46,7 +46,11 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
     ca = json.loads((d / "metrics/cluster_age.json").read_text())
     assert {"test/mdae_log_age", "baseline/mean/test/mdae_log_age"} <= set(ca)
     xp = json.loads((d / "metrics/stellar_xp.json").read_text())
-    assert {"test/teff/rmse", "test/parallax/coverage_68", "recon/real/xp_mae"} <= set(xp)
+    assert {"test/teff/rmse", "test/mean/coverage_68", "recon/real/xp_mae"} <= set(xp)
+    assert "test/parallax/coverage_68" not in xp  # headline only; the full set is a report
+    full = json.loads((d / "reports/stellar_xp/metrics_full.json").read_text())
+    assert {"test/parallax/coverage_68", "test/teff/rmse"} <= set(full)
+    assert full["test/teff/rmse"] == xp["test/teff/rmse"]
     m = json.loads((d / "metrics/star_sets.json").read_text())
     assert {"test/mae_log_mass", "baseline/median/test/mae_log_mass"} <= set(m)
     assert (d / "plots/star_sets/pred_vs_true.png").is_file()

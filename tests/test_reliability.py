@@ -346,3 +346,22 @@ def test_ctrl_c_in_training_is_a_keyboard_interrupt_not_exit_1(trained):
         train(q, paths, [CtrlC()])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert train(q, paths)["resumed"] is True
+
+
+def test_a_dvclive_folder_cut_short_by_sigkill_is_repaired_for_resume(tmp_path):
+    from astrobatch.train import _repair_live
+
+    live = tmp_path / "live"
+    (live / "plots/metrics/train").mkdir(parents=True)
+    (live / "metrics.json").write_text("")  # killed while DVCLive rewrote it
+    tsv = live / "plots/metrics/train/loss.tsv"
+    tsv.write_text("timestamp\tstep\tloss\n1\t0\t0.5\n2\t1\t0.4\n3\t2")  # last line cut
+    ok = live / "plots/metrics/val.tsv"
+    ok.write_text("timestamp\tstep\tloss\n1\t0\t0.5\n")
+    _repair_live(live)
+    assert not (live / "metrics.json").exists()
+    assert tsv.read_text() == "timestamp\tstep\tloss\n1\t0\t0.5\n2\t1\t0.4\n"
+    assert ok.read_text() == "timestamp\tstep\tloss\n1\t0\t0.5\n"  # intact: untouched
+    (live / "metrics.json").write_text('{"step": 2}')
+    _repair_live(live)
+    assert (live / "metrics.json").read_text() == '{"step": 2}'

@@ -261,6 +261,9 @@ def parse_section(raw: dict[str, Any] | None, model: type[M], section: str, path
         raise ParamsError(_format_validation_error(err, section), path=path) from None
 
 
+_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def apply_overrides(data: dict, overrides: Iterable[str], section: str, path: str) -> dict:
     """Apply ``key=value`` overrides (the syntax of ``dvc exp run -S``) to params data.
 
@@ -309,6 +312,10 @@ def apply_overrides(data: dict, overrides: Iterable[str], section: str, path: st
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as err:
             raise ParamsError(f"{where}: the value is not YAML ({err})", path=path) from None
+        if isinstance(parsed, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            # PyYAML follows YAML 1.1, where ``1e-3`` is a string; DVC (ruamel, YAML 1.2)
+            # reads it as a float, and so do we.
+            parsed = float(value)
         parts = key.split(".")
         if parts[0] not in out:
             parts = [section, *parts]

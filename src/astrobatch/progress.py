@@ -47,6 +47,22 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stderr`` is when a record is written (not the
+    stream of the first call, which a test runner or a redirect may since have closed)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Configure the root logger once: rich handler on a terminal, plain lines otherwise.
 
@@ -62,7 +78,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
         fmt = "%(message)s"
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
     root.addHandler(handler)

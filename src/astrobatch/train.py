@@ -155,6 +155,34 @@ def _resume_path(model_dir: Path, fp: str, mode: str) -> Path | None:
     return None
 
 
+def _repair_live(live: Path) -> None:
+    """Make a killed run's DVCLive folder resumable: what a SIGKILL cut short is dropped.
+
+    ``metrics.json`` that is not a JSON object (killed while DVCLive rewrote it) is removed
+    (DVCLive then takes its step from the logger); a TSV's last line without its newline,
+    or with another number of fields than its header, is cut off.
+    """
+    metrics = live / "metrics.json"
+    if metrics.is_file():
+        try:
+            ok = isinstance(json.loads(metrics.read_text(encoding="utf-8")), dict)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            log.warning("%s was cut short by the interruption; removed", metrics)
+            metrics.unlink()
+    for tsv in live.glob("plots/metrics/**/*.tsv"):
+        text = tsv.read_bytes()
+        lines = text.split(b"\n")
+        if not lines or not lines[0]:
+            continue
+        width = lines[0].count(b"\t")
+        body = [ln for ln in lines[1:-1] if ln.count(b"\t") == width]
+        if lines[-1] or len(body) != len(lines) - 2:
+            log.warning("%s: dropped a line cut short by the interruption", tsv)
+            tsv.write_bytes(b"\n".join([lines[0], *body]) + b"\n")
+
+
 def _readable_checkpoint(path: Path) -> bool:
     """Whether a resume checkpoint loads with a weights-only load (never a full unpickle)."""
     from astrobatch.errors import InputError
@@ -296,12 +324,17 @@ def fit(
     plugins = []
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
+        log.info(
+            "SLURM auto-requeueing enabled: on SIGUSR1 a checkpoint is saved and the job requeued"
+        )
     _trainer(training, work, callbacks=[], logger=False)  # settings checked, nothing written
     if ckpt is None and first:
         if run_dir.exists():  # only our own resume folder: the previous model stays
             shutil.rmtree(run_dir)
     elif ckpt is not None:
         log.info("resuming interrupted run from %s", ckpt)
+        if first:
+            _repair_live(work_live)
     work.mkdir(parents=True, exist_ok=True)
     if first:
         write_json(work / STATE_FILE, {"fingerprint": fp, "complete": False})

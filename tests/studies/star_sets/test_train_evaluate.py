@@ -10,9 +10,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from astrobatch.studies.star_sets.evaluate import evaluate
+from astrobatch.studies.star_sets.evaluate import evaluate, headline_keys
 from astrobatch.studies.star_sets.train import train
-from astrobatch.study import StudyPaths
+from astrobatch.study import MAX_HEADLINE, StudyPaths
+from astrobatch.train import pending_runs
 from tests.conftest import shared_data_dir, tiny_params
 
 
@@ -50,9 +51,11 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_prepared
     full = train(p, _paths(tiny_prepared, tmp_path / "full", tmp_path / "live_full"))
     with pytest.raises(Preempted):
         train(p, _paths(tiny_prepared, tmp_path / "cut", tmp_path / "live_cut"), [Interrupt(2)])
-    # the interrupted run waits in the partial folder; nothing is in the model folder yet
-    state = json.loads((tmp_path / ".cut.partial/train_state.json").read_text())
-    assert state["complete"] is False and (tmp_path / ".cut.partial/last.ckpt").is_file()
+    # the interrupted run waits in its resume folder (outside the workspace); nothing is in
+    # the model folder yet
+    (pending,) = pending_runs(tmp_path / "cut")
+    state = json.loads((pending / "model/train_state.json").read_text())
+    assert state["complete"] is False and (pending / "model/last.ckpt").is_file()
     assert not (tmp_path / "cut").exists()
     resumed = train(p, _paths(tiny_prepared, tmp_path / "cut", tmp_path / "live_cut"))
     assert resumed["resumed"] is True and full["resumed"] is False
@@ -91,8 +94,12 @@ def test_evaluate_writes_metrics_predictions_plots(tmp_path, tiny_prepared):
     paths = _paths(tiny_prepared, tmp_path / "m", tmp_path / "live", tmp_path)
     train(p, paths)
     m = evaluate(p, paths)
+    # metrics.json holds the headline metrics, the report every metric (the ones returned)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert on_disk == pytest.approx(m)
+    assert "test/mae_log_mass" in on_disk and set(on_disk) <= set(headline_keys("mass"))
+    assert len(on_disk) <= MAX_HEADLINE
+    assert on_disk == pytest.approx({k: m[k] for k in on_disk})
+    assert json.loads((tmp_path / "reports/metrics_full.json").read_text()) == pytest.approx(m)
     for k in ("test/mae_log_mass", "test/rmse_mass", "test/median_ae_mass", "test/p90_ae_log_mass",
               "baseline/median/test/mae_log_mass", "test/snapshot/spearman",
               "test/within_snapshot_std_log_mass"):  # fmt: skip
