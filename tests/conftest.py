@@ -103,6 +103,16 @@ TINY_REPO_PARAMS = {
 }  # fmt: skip
 
 
+def repo_env(**extra: str) -> dict[str, str]:
+    """Environment of a temporary project's subprocesses: this venv first on PATH, a git
+    identity, DVC analytics off, no outer SLURM job; ``extra`` added."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1", **extra)  # fmt: skip
+    return env
+
+
 def run_ok(args, cwd, env, timeout: int = 600) -> str:
     """Run a command, assert exit status 0 (showing its output otherwise), return its output."""
     r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_tiny_repo, run_ok
+from tests.conftest import make_tiny_repo, repo_env, run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +29,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     d = tmp_path_factory.mktemp("exps")
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1",
-               ASTROBATCH_RESUME_DIR=str(tmp_path_factory.mktemp("resume")))  # fmt: skip
+    env = repo_env(ASTROBATCH_RESUME_DIR=str(tmp_path_factory.mktemp("resume")))
     make_tiny_repo(d, env, studies=("star_sets",))
     run_ok(["dvc", "repro"], d, env)
     run_ok(["git", "add", "-A"], d, env)

@@ -9,15 +9,12 @@ experiments up.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import make_tiny_repo, run_ok
+from tests.conftest import make_tiny_repo, repo_env, run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +24,7 @@ _run = run_ok
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     d = tmp_path_factory.mktemp("repo")
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1")  # fmt: skip
+    env = repo_env()
     make_tiny_repo(d, env)
     return d, env
 
