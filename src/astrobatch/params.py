@@ -261,7 +261,46 @@ def parse_section(raw: dict[str, Any] | None, model: type[M], section: str, path
         raise ParamsError(_format_validation_error(err, section), path=path) from None
 
 
-_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with the floats of YAML 1.2 (``1e-3``, not only ``1.0e-3``)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as DVC does: PyYAML's safe loader, with YAML 1.2 floats.
+
+    PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a string; DVC reads params with
+    ruamel.yaml (YAML 1.2), where it is a float. Params files, sweeps files and ``-S``
+    values all go through here, so that every reader agrees with ``dvc exp show``.
+
+    Parameters
+    ----------
+    text : str
+        YAML text.
+
+    Returns
+    -------
+    object
+        The parsed document (None for empty text). No Python objects are constructed
+        (safe loader).
+
+    Raises
+    ------
+    yaml.YAMLError
+        Text that is not YAML.
+
+    Examples
+    --------
+    >>> load_yaml("lr: 1e-3\\nn: 2\\nname: 1e3x")
+    {'lr': 0.001, 'n': 2, 'name': '1e3x'}
+    """
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no objects
 
 
 def apply_overrides(data: dict, overrides: Iterable[str], section: str, path: str) -> dict:
@@ -309,13 +348,9 @@ def apply_overrides(data: dict, overrides: Iterable[str], section: str, path: st
         if colon and Path(file).name != Path(path).name:
             raise ParamsError(f"{where}: this command reads {path}, not {file}", path=path)
         try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
+            parsed = load_yaml(value) if value.strip() else ""
         except yaml.YAMLError as err:
             raise ParamsError(f"{where}: the value is not YAML ({err})", path=path) from None
-        if isinstance(parsed, str) and _YAML12_FLOAT.fullmatch(value.strip()):
-            # PyYAML follows YAML 1.1, where ``1e-3`` is a string; DVC (ruamel, YAML 1.2)
-            # reads it as a float, and so do we.
-            parsed = float(value)
         parts = key.split(".")
         if parts[0] not in out:
             parts = [section, *parts]
@@ -359,7 +394,7 @@ def load_params(
     if not path.is_file():
         raise ParamsError("params file not found (run from the project root)", path=path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"not valid YAML: {err}", path=path) from None
     if not isinstance(data, dict):

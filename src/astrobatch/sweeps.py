@@ -44,6 +44,7 @@ from pydantic import (
 
 from astrobatch.cli_utils import ParamsOption, stage
 from astrobatch.errors import InputError
+from astrobatch.params import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def load_sweeps(path: str | Path = DEFAULT_SWEEPS, params: str | Path | None = N
     if not path.is_file():
         raise InputError("sweeps file not found (run from the project root)", path=path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise InputError(f"not valid YAML: {err}", path=path) from None
     if not isinstance(raw, dict) or not raw:
@@ -327,7 +328,7 @@ def _check_against_params(sweeps: dict[str, Sweep], path: Path, params: Path) ->
     if not params.is_file():
         raise InputError("params file not found (run from the project root)", path=params)
     try:
-        data = yaml.safe_load(params.read_text()) or {}
+        data = load_yaml(params.read_text()) or {}
     except yaml.YAMLError as err:
         raise InputError(f"not valid YAML: {err}", path=params) from None
     for name, sweep in sweeps.items():

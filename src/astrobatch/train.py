@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from astrobatch.io.atomic import write_json
+from astrobatch.io.atomic import atomic_path, write_json
 from astrobatch.params import TrainingParams
 from astrobatch.progress import interactive
 
@@ -172,15 +172,15 @@ def _repair_live(live: Path) -> None:
             log.warning("%s was cut short by the interruption; removed", metrics)
             metrics.unlink()
     for tsv in live.glob("plots/metrics/**/*.tsv"):
-        text = tsv.read_bytes()
-        lines = text.split(b"\n")
-        if not lines or not lines[0]:
+        header, *rows = tsv.read_bytes().split(b"\n")
+        if not header:
             continue
-        width = lines[0].count(b"\t")
-        body = [ln for ln in lines[1:-1] if ln.count(b"\t") == width]
-        if lines[-1] or len(body) != len(lines) - 2:
+        # a complete file ends with a newline: its last piece is empty
+        body = [r for r in rows[:-1] if r.count(b"\t") == header.count(b"\t")]
+        if rows and (rows[-1] or len(body) != len(rows) - 1):
             log.warning("%s: dropped a line cut short by the interruption", tsv)
-            tsv.write_bytes(b"\n".join([lines[0], *body]) + b"\n")
+            with atomic_path(tsv) as tmp:  # a second kill here leaves the file as it was
+                tmp.write_bytes(b"\n".join([header, *body]) + b"\n")
 
 
 def _readable_checkpoint(path: Path) -> bool:
