@@ -500,3 +500,145 @@ class CutoutDataModule(ShardDataModule):
     def test_dataloader(self) -> DataLoader:
         """Test batches in file order."""
         return self.loader("test")
+
+
+#: Dihedral transforms (:func:`dihedral` codes) allowed by each augmentation choice.
+DIHEDRAL_CHOICES: dict[tuple[bool, bool], tuple[int, ...]] = {
+    (True, True): tuple(range(8)),  # flips and quarter turns: all of D4
+    (False, True): (0, 1, 2, 3),  # quarter turns only
+    (True, False): (0, 4),  # left-right flip or not (with an up-down flip: k = 6)
+    (False, False): (0,),
+}
+
+
+@dataclass(frozen=True)
+class Uint8Normalise:
+    """uint8 colour planes -> float32 ``(x / 255 - mean) / std`` per channel.
+
+    Parameters
+    ----------
+    mean, std : tuple of float
+        Per-channel statistics of images in [0, 1] (the backbone's: ImageNet for DINOv2).
+
+    Examples
+    --------
+    >>> t = Uint8Normalise((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    >>> t(np.array([0, 255], np.uint8).reshape(1, 1, 1, 2).repeat(3, 1))[0, 0, 0].tolist()
+    [-1.0, 1.0]
+    """
+
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, np.float32) / np.float32(255.0)
+        m = np.asarray(self.mean, np.float32)[None, :, None, None]
+        s = np.asarray(self.std, np.float32)[None, :, None, None]
+        return (x - m) / s
+
+
+class ImageShardDataset(CutoutShardDataset):
+    """Colour images of a prepared shard with flips, quarter turns and colour jitter.
+
+    A :class:`CutoutShardDataset` (batch reads, in memory when small) whose
+    augmentation draws, per image ``i`` at epoch ``e`` from ``(seed, e, i)`` only:
+    a dihedral transform among those allowed (:data:`DIHEDRAL_CHOICES`), and a colour
+    jitter ``x -> x * (1 + g) + o`` with ``g, o ~ N(0, colour_jitter)`` per channel
+    (in normalised units).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Shard with ``images`` (n, C, S, S), any dtype ``transform`` takes (uint8).
+    transform : callable
+        Batch of raw images -> float32 (n, C, S, S) (e.g. :class:`Uint8Normalise`).
+    targets : numpy.ndarray, shape (n, ...), float32
+    augment : bool
+    flips, rotations : bool
+        Dihedral transforms allowed when augmenting.
+    colour_jitter : float
+        Standard deviation of the per-channel gain and offset (0: none).
+    seed : int
+    """
+
+    def __init__(self, path, transform, targets, augment=False, seed=0, *, flips=True,
+                 rotations=True, colour_jitter=0.0, max_memory_bytes: int = 2 * 2**30):  # fmt: skip
+        super().__init__(path, transform, targets, augment=augment, seed=seed,
+                         max_memory_bytes=max_memory_bytes)  # fmt: skip
+        self.choices = np.asarray(DIHEDRAL_CHOICES[(bool(flips), bool(rotations))])
+        self.colour_jitter = float(colour_jitter)
+
+    def draws(self, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dihedral codes (n,), gains and offsets (n, C) of the images at ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        c = 3
+        k = np.empty(len(idx), np.int64)
+        g = np.zeros((len(idx), c), np.float32)
+        o = np.zeros((len(idx), c), np.float32)
+        for j, i in enumerate(idx):
+            rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+            k[j] = self.choices[rng.integers(len(self.choices))]
+            if self.colour_jitter > 0:
+                g[j], o[j] = rng.normal(0.0, self.colour_jitter, (2, c))
+        return k, g, o
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        x = self.transform(self.read(idx))
+        if self.augment:
+            k, g, o = self.draws(idx)
+            x = dihedral(x, k)
+            if self.colour_jitter > 0:
+                n_c = x.shape[1]
+                x = x * (1 + g[:, :n_c, None, None]) + o[:, :n_c, None, None]
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            "y": torch.from_numpy(self.targets[idx]),
+            "row": torch.from_numpy(idx),
+        }
+
+
+class ArrayDataset(Dataset):
+    """In-memory inputs and targets (e.g. frozen-backbone embeddings), batch at a time.
+
+    Works with :class:`CutoutDataModule` (``chunk`` = n: plain seeded permutations).
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (n, ...), float32
+    y : numpy.ndarray, shape (n, ...), float32
+
+    Raises
+    ------
+    ValueError
+        Lengths differ.
+
+    Examples
+    --------
+    >>> ds = ArrayDataset(np.zeros((4, 2), np.float32), np.ones(4, np.float32))
+    >>> ds.__getitems__([0, 3])["x"].shape
+    torch.Size([2, 2])
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} targets")
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.y = np.ascontiguousarray(y, dtype=np.float32)
+        self.n = self.chunk = len(self.x)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        """No draws depend on the epoch; kept for the samplers."""
+        self.epoch = epoch
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        return {"x": torch.from_numpy(self.x[idx]), "y": torch.from_numpy(self.y[idx]),
+                "row": torch.from_numpy(idx)}  # fmt: skip
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}

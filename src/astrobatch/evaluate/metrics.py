@@ -140,3 +140,50 @@ def age_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
         "bias": base["bias"],
         "r2": 1.0 - float((d**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
     }
+
+
+def fraction_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Agreement of predicted and observed vote fractions (or any bounded score).
+
+    Parameters
+    ----------
+    pred, true : numpy.ndarray, shape (n,)
+        Predicted and observed values of the galaxies that were asked.
+
+    Returns
+    -------
+    dict
+        ``r`` (Pearson), ``r2`` (the coefficient of determination, 1 − SS_res / SS_tot
+        around the mean of ``true``), ``r_squared`` (Pearson r², what the Galaxy
+        Sommelier seed called R²), ``mae``, ``mse`` and ``n``; correlations are NaN when
+        undefined (fewer than 2 values or a constant input).
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes.
+
+    Examples
+    --------
+    >>> m = fraction_metrics(np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.5, 0.8]))
+    >>> round(m["r"], 3), round(m["r2"], 3), round(m["mse"], 4)
+    (1.0, 0.889, 0.0067)
+    """
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    if pred.shape != true.shape:
+        raise ValueError(f"expected equal shapes, got {pred.shape} and {true.shape}")
+    n = pred.size
+    if n == 0:
+        nan = float("nan")
+        return {"r": nan, "r2": nan, "r_squared": nan, "mae": nan, "mse": nan, "n": 0}
+    d = pred - true
+    ss_tot = float(((true - true.mean()) ** 2).sum())
+    r = correlations(pred, true)["pearson"] if n > 1 else float("nan")
+    return {
+        "r": r,
+        "r2": 1.0 - float((d**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
+        "r_squared": r * r,
+        "mae": float(np.abs(d).mean()),
+        "mse": float((d**2).mean()),
+        "n": int(n),
+    }

@@ -189,3 +189,33 @@ def cutout_examples(
     axes[0][0].set_ylabel("raw (mean of bands)", fontsize=8)
     axes[1][0].set_ylabel(f"model input ({keep.mean():.0%} kept)", fontsize=8)
     _save(fig, path)
+
+
+def grouped_bars(values: dict[str, dict[str, float]], path, ylabel: str, title: str = "") -> None:
+    """Bars of one quantity per label, side by side per named model (or data set).
+
+    Parameters
+    ----------
+    values : dict of str to dict of str to float
+        Model name -> label -> value (e.g. per-answer Pearson r); labels missing from a
+        model are left blank, NaN values too.
+    path : str or pathlib.Path
+        Output PNG.
+    ylabel : str
+    title : str
+    """
+    labels = list(dict.fromkeys(k for v in values.values() for k in v))
+    n = max(len(values), 1)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(labels) * max(n, 2) / 2 + 2), 4.5))
+    x = np.arange(len(labels))
+    for i, (name, v) in enumerate(values.items()):
+        ax.bar(x + (i - (n - 1) / 2) * width, [v.get(k, np.nan) for k in labels], width,
+               label=name)  # fmt: skip
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)

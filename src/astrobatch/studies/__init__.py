@@ -32,4 +32,5 @@ STUDIES: dict[str, StudyEntry] = {
     "star_sets": StudyEntry("astrobatch.studies.star_sets", "StarSetsParams"),
     "cluster_age": StudyEntry("astrobatch.studies.cluster_age", "ClusterAgeParams"),
     "stellar_xp": StudyEntry("astrobatch.studies.stellar_xp", "StellarXPParams"),
+    "morphology": StudyEntry("astrobatch.studies.morphology", "MorphologyParams"),
 }

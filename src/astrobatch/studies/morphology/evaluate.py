@@ -1,0 +1,240 @@
+"""morphology evaluate: vote-fraction metrics in and out of distribution, baselines, plots.
+
+Models: ``full`` (the fine-tuned backbone + head, ``models/morphology/full``) and
+``head_only`` (the frozen-backbone stage, ``models/morphology/head``), and the per-answer
+train-mean baseline (the vote-weighted mean fraction of each answer over the training
+galaxies that were asked). Sets: ``test`` (in distribution: the training surveys' test
+split), ``ood_<survey>`` (each held-out survey) and ``real`` (the real galaxies, fractions
+only: the sim-to-real case).
+
+Metrics (:func:`astrobatch.evaluate.metrics.fraction_metrics` over the answers a galaxy was
+asked, weight > 0): per answer ``<set>/<answer>/{r,r2,r_squared,mae,mse}`` and overall
+``<set>/{r,r2,r_squared,mae,mse}`` (all asked (galaxy, answer) pairs pooled);
+``head_only/<set>/...`` and ``baseline/train_mean/<set>/...`` the same for the other
+models; ``<set>/degradation/<m>`` = OOD minus in-distribution value (``mse``, ``mae``:
+positive is worse; ``r``: negative is worse); ``test/answers_beating_baseline`` (answers
+whose test MSE is below the baseline's, of ``n_answers``); with the Dirichlet loss
+``<set>/coverage_68``, the share of asked answers whose observed fraction lies in the 68%
+predictive interval (beta-binomial marginal of the Dirichlet-multinomial).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from astrobatch.data.images import open_shard
+from astrobatch.evaluate import plots
+from astrobatch.evaluate.metrics import fraction_metrics
+from astrobatch.io.atomic import read_manifest
+from astrobatch.studies.morphology.params import MorphologyParams
+from astrobatch.studies.morphology.train import VoteTask, image_datasets, image_transform, load_task
+from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
+from astrobatch.tasks.votes import interval_coverage, predictive_interval
+
+log = logging.getLogger(__name__)
+KEYS = ("r", "r2", "r_squared", "mae", "mse")
+
+
+def headline(manifest: dict, loss: str) -> list[str]:
+    """The headline metric names for a prepared set list (at most 12)."""
+    ood = [s for s in manifest["sets"] if s.startswith("ood_")][:1]
+    keys = ["test/mse", "head_only/test/mse", "baseline/train_mean/test/mse", "test/r",
+            "test/mae", "test/answers_beating_baseline"]  # fmt: skip
+    for s in ood:
+        keys += [f"{s}/mse", f"{s}/r", f"{s}/degradation/mse"]
+    keys += ["real/r", "real/mae"]
+    if loss == "dirichlet":
+        keys.append("test/coverage_68")
+    return keys[:12]
+
+
+@torch.inference_mode()
+def predict_set(task: VoteTask, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted fractions and raw outputs (concentrations for Dirichlet), each (n, A)."""
+    task.eval()
+    fr, raw = [], []
+    for a in range(0, len(dataset), batch_size):
+        b = dataset.__getitems__(list(range(a, min(a + batch_size, len(dataset)))))
+        out = task(b["x"])
+        raw.append(out.double().numpy())
+        fr.append(task.fractions(b["x"]).double().numpy() if task.kind == "dirichlet"
+                  else out.double().numpy())  # fmt: skip
+    return np.concatenate(fr), np.concatenate(raw)
+
+
+def set_metrics(prefix: str, pred: np.ndarray, targets: np.ndarray, answers: list[str]
+                ) -> dict[str, float]:  # fmt: skip
+    """Overall and per-answer metrics of predictions ``(n, A)`` against targets ``(n, 3, A)``.
+
+    Only asked answers (weight > 0) count; answers never asked in the set are skipped.
+    """
+    frac, weight = targets[:, 0].astype(float), targets[:, 2]
+    asked = weight > 0
+    out = {f"{prefix}/{k}": v for k, v in fraction_metrics(pred[asked], frac[asked]).items()
+           if k in KEYS}  # fmt: skip
+    for j, name in enumerate(answers):
+        sel = asked[:, j]
+        if sel.sum() >= 2:
+            m = fraction_metrics(pred[sel, j], frac[sel, j])
+            out.update({f"{prefix}/{name}/{k}": m[k] for k in KEYS})
+    return out
+
+
+def train_mean(targets: np.ndarray) -> np.ndarray:
+    """Vote-weighted mean fraction of each answer over the asked training galaxies, (A,)."""
+    frac, w = targets[:, 0].astype(float), targets[:, 2].astype(float)
+    tot = w.sum(0)
+    return np.where(tot > 0, (frac * w).sum(0) / np.maximum(tot, 1e-12), 0.0)
+
+
+@staged_outputs("plots", "reports", "metrics")
+def evaluate(params: MorphologyParams, paths: StudyPaths) -> dict[str, float]:
+    """Evaluate the full and head-only models and the baseline on every prepared set.
+
+    Parameters
+    ----------
+    params : MorphologyParams
+    paths : StudyPaths
+        Reads ``prepared``, ``pretrained`` (head stage), ``models`` (full stage) and
+        ``live``; writes ``plots``, ``reports`` (``predictions.parquet``,
+        ``pred_vs_true.csv``) and, last, ``metrics``.
+
+    Returns
+    -------
+    dict
+        Flat metrics (module docstring).
+
+    Raises
+    ------
+    InputError
+        Missing prepared data or checkpoints, or checkpoints that do not match params.
+    """
+    prepared_dir, model_dir, head_dir = paths.need("prepared", "models", "pretrained")
+    metrics_path, plots_dir, reports_dir = paths.need("metrics", "plots", "reports")
+    manifest = read_manifest(prepared_dir, require=("answers", "sets", "question_index"))
+    answers = list(manifest["answers"])
+    qindex = np.asarray(manifest["question_index"])
+    full = load_task(params, manifest, model_dir)
+    head = load_task(params, manifest, head_dir)
+    names = ["train", *[s for s in manifest["sets"] if s != "train"]]
+    data = image_datasets(params, Path(prepared_dir), image_transform(full.model), names)
+    base = train_mean(data["train"].targets)
+    bs = max(params.full.batch_size, 64)
+    metrics: dict[str, float] = {}
+    rows, preds = [], {}
+    for name in names[1:]:
+        ds = data[name]
+        y = ds.targets
+        pf, raw = predict_set(full, ds, bs)
+        ph, _ = predict_set(head, ds, bs)
+        preds[name] = (pf, ph, y)
+        metrics.update(set_metrics(name, pf, y, answers))
+        metrics.update(set_metrics(f"head_only/{name}", ph, y, answers))
+        metrics.update(set_metrics(f"baseline/train_mean/{name}", np.tile(base, (len(y), 1)),
+                                   y, answers))  # fmt: skip
+        if params.loss == "dirichlet" and (y[:, 1] > 0).any():
+            totals = _question_totals(y[:, 1], qindex)
+            lo, hi = predictive_interval(raw, totals, qindex, params.evaluate.interval)
+            asked = (y[:, 2] > 0) & (totals > 0)
+            metrics[f"{name}/coverage_68"] = float(interval_coverage(lo, hi, y[:, 0], asked))
+        with open_shard(Path(prepared_dir) / f"{name}.h5", require=("galaxy_id", "survey")) as f:
+            ids, surveys = f.read("galaxy_id"), f.read("survey")
+        for j, a in enumerate(answers):
+            asked = y[:, 2, j] > 0
+            if asked.any():
+                rows.append(pd.DataFrame({
+                    "set": name, "galaxy_id": ids[asked], "survey": surveys[asked], "answer": a,
+                    "fraction_true": y[asked, 0, j], "fraction_pred": pf[asked, j],
+                    "fraction_pred_head_only": ph[asked, j], "votes": y[asked, 2, j]
+                    if y[:, 1].any() else 0.0,
+                }))  # fmt: skip
+    for name in names[1:]:
+        if name.startswith("ood_") and "test/mse" in metrics:
+            for k in ("mse", "mae", "r"):
+                metrics[f"{name}/degradation/{k}"] = metrics[f"{name}/{k}"] - metrics[f"test/{k}"]
+                hk = f"head_only/{name}/{k}"
+                metrics[f"head_only/{name}/degradation/{k}"] = (
+                    metrics[hk] - metrics[f"head_only/test/{k}"]
+                )
+    beats = [metrics[f"test/{a}/mse"] < metrics[f"baseline/train_mean/test/{a}/mse"]
+             for a in answers if f"test/{a}/mse" in metrics]  # fmt: skip
+    metrics["test/answers_beating_baseline"] = int(sum(beats))
+    metrics["head_only/test/answers_beating_baseline"] = int(sum(
+        metrics[f"head_only/test/{a}/mse"] < metrics[f"baseline/train_mean/test/{a}/mse"]
+        for a in answers if f"head_only/test/{a}/mse" in metrics
+    ))  # fmt: skip
+    metrics["n_answers"] = len(beats)
+    metrics["n_train"] = int(manifest["counts"]["train"])
+    _plots(params, paths, plots_dir, data, preds, answers, metrics)
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    test = table[table["set"] == "test"] if len(table) else table
+    write_evaluation(
+        metrics, metrics_path, reports_dir,
+        {"predictions.parquet": table,
+         "pred_vs_true.csv": pd.DataFrame({"true_fraction": test.get("fraction_true", []),
+                                           "predicted_fraction": test.get("fraction_pred", [])})},
+        headline=headline(manifest, params.loss),
+    )  # fmt: skip
+    return metrics
+
+
+def _question_totals(counts: np.ndarray, qindex: np.ndarray) -> np.ndarray:
+    """Total votes of each answer's question, (n, A)."""
+    q = int(qindex.max()) + 1
+    tot = np.zeros((len(counts), q))
+    np.add.at(tot.T, qindex, counts.T)
+    return tot[:, qindex]
+
+
+def _plots(params, paths: StudyPaths, plots_dir, data, preds, answers, metrics) -> None:
+    import matplotlib.pyplot as plt
+
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    live = paths.live
+    if live is not None:
+        curves = plots.read_dvclive_curves(Path(live), ("train/loss", "val/loss"))
+        if curves:
+            plots.loss_curves(curves, plots_dir / "loss_curves_full.png", ylabel=params.loss)
+    for name in preds:
+        bars = {
+            "full": {a: metrics.get(f"{name}/{a}/r", np.nan) for a in answers},
+            "head only": {a: metrics.get(f"head_only/{name}/{a}/r", np.nan) for a in answers},
+        }
+        plots.grouped_bars(bars, plots_dir / f"answer_r_{name}.png", "Pearson r",
+                           f"{name}: per-answer r of the vote fractions")  # fmt: skip
+    sets = {name: {a: metrics.get(f"{name}/{a}/r", np.nan) for a in answers} for name in preds}
+    plots.grouped_bars(sets, plots_dir / "answer_r_by_set.png", "Pearson r",
+                       "full model: per-answer r, in distribution vs held out")  # fmt: skip
+    panels = {}
+    for name, (pf, _, y) in preds.items():
+        asked = y[:, 2] > 0
+        panels[name] = (pf[asked], y[:, 0][asked])
+    plots.pred_vs_true_panels(panels, plots_dir / "pred_vs_true.png", "vote fraction")
+    # examples: images with their votes (first question) against the prediction
+    name = "test"
+    ds = data[name]
+    pf, _, y = preds[name]
+    k = min(params.evaluate.n_examples, len(ds))
+    raw = ds.read(np.arange(k))
+    first = [j for j, a in enumerate(answers) if a.startswith(answers[0].split("_", 1)[0] + "_")]
+    fig, axes = plt.subplots(2, k, figsize=(2.0 * k, 4.2), squeeze=False)
+    for i in range(k):
+        axes[0][i].imshow(np.transpose(raw[i], (1, 2, 0)))
+        axes[0][i].set_axis_off()
+        ax = axes[1][i]
+        xs = np.arange(len(first))
+        ax.bar(xs - 0.2, y[i, 0, first], 0.4, label="volunteers")
+        ax.bar(xs + 0.2, pf[i, first], 0.4, label="model")
+        ax.set_xticks(xs, [answers[j].split("_", 1)[1][:8] for j in first], rotation=60,
+                      fontsize=6)  # fmt: skip
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{int(y[i, 2, first[0]])} votes", fontsize=7)
+    axes[1][0].legend(fontsize=6)
+    fig.suptitle(f"{answers[0].split('_', 1)[0]}: test galaxies, vote fractions")
+    plots._save(fig, plots_dir / "examples.png")

@@ -1,0 +1,282 @@
+"""morphology prepare: Galaxy Zoo catalogues + image files -> uint8 image shards per set.
+
+Steps:
+
+1. read every catalogue of ``data.catalogues`` (:mod:`.catalogues`: GZ DECaLS or GZ2
+   names, mapped to DECaLS answers) and check its surveys are either trained on
+   (``train_surveys``) or held out (``ood_surveys``);
+2. the schema of the run: ``data.questions``, or the questions every catalogue's layout
+   shares (:func:`.schema.shared_questions`), in DECaLS tree order;
+3. every image path is checked before anything is decoded (a missing image: one message
+   with the count and the first few);
+4. sets: galaxies of the training surveys go to train/val/test by a salted hash of their
+   id (fixed across experiments); the training split keeps, per survey, its share of
+   ``n_train`` (``train_surveys`` proportions; the lowest hashes first, so a smaller
+   ``n_train`` is a subset of a larger one); every held-out survey is one set
+   ``ood_<survey>``; the real catalogue (``real_catalogue``, fractions only) is ``real``;
+5. images decoded once (Pillow for JPEG/PNG, astropy for FITS) and resized to
+   ``image_size``, written as ``uint8 (n, 3, S, S)`` chunked HDF5 shards with
+   ``fractions``, ``counts``, ``weights`` ``(n, A)``, ``galaxy_id`` and ``survey``;
+6. ``manifest.json``: the answers and questions, the sets and their sizes and surveys.
+
+Nothing is half-written: the output folder is built aside and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from astrobatch.errors import InputError
+from astrobatch.io.atomic import atomic_dir, write_json
+from astrobatch.io.image_files import read_image
+from astrobatch.io.shards import Column, ShardWriter
+from astrobatch.studies.morphology.catalogues import SHOW, Catalogue, read_catalogue, vote_arrays
+from astrobatch.studies.morphology.params import MorphologyData, SplitRatios
+from astrobatch.studies.morphology.schema import DECALS, shared_questions
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+REAL = "real"
+
+
+def hash_unit(ids, salt: str) -> np.ndarray:
+    """A uniform number in [0, 1) per string id, from SHA-256 of ``salt:id``.
+
+    Examples
+    --------
+    >>> u = hash_unit(["a", "b"], "s")
+    >>> bool(((0 <= u) & (u < 1)).all()), bool((hash_unit(["a"], "s") == u[:1]).all())
+    (True, True)
+    """
+    return np.array(
+        [int.from_bytes(hashlib.sha256(f"{salt}:{i}".encode()).digest()[:8], "big") / 2**64
+         for i in ids], np.float64,
+    )  # fmt: skip
+
+
+def assign_splits(ids, split: SplitRatios) -> np.ndarray:
+    """0 train, 1 val, 2 test per id (:func:`hash_unit` with ``split.salt``)."""
+    u = hash_unit(ids, split.salt)
+    return np.where(u < split.train, 0, np.where(u < split.train + split.val, 1, 2)).astype(np.int8)
+
+
+def training_quota(available: dict[str, int], shares: dict[str, float], n_train: int
+                   ) -> dict[str, int]:  # fmt: skip
+    """Training galaxies per survey for the mixing proportions ``shares``.
+
+    Parameters
+    ----------
+    available : dict of str to int
+        Training-split galaxies of each survey.
+    shares : dict of str to float
+        Survey -> proportion (normalised here).
+    n_train : int
+        Total wanted; 0: the largest total the proportions allow.
+
+    Raises
+    ------
+    InputError
+        A survey without galaxies, or fewer than its share of ``n_train``.
+
+    Examples
+    --------
+    >>> training_quota({"a": 100, "b": 30}, {"a": 0.5, "b": 0.5}, 0)
+    {'a': 30, 'b': 30}
+    >>> training_quota({"a": 100, "b": 30}, {"a": 0.8, "b": 0.2}, 50)
+    {'a': 40, 'b': 10}
+    """
+    total = sum(shares.values())
+    w = {s: v / total for s, v in shares.items()}
+    for s in w:
+        if available.get(s, 0) == 0:
+            raise InputError(f"training survey {s!r} has no galaxies in the training split",
+                             key="data.train_surveys")  # fmt: skip
+    if n_train == 0:
+        n_train = int(min(available[s] / w[s] for s in w))
+    quota = {s: int(np.floor(w[s] * n_train + 1e-9)) for s in w}
+    short = {s: (quota[s], available[s]) for s in w if quota[s] > available[s]}
+    if short:
+        raise InputError(
+            f"n_train {n_train} needs more training galaxies than there are (survey: wanted, "
+            f"available) {short}", key="data.n_train",
+        )  # fmt: skip
+    return quota
+
+
+def _check_images(cat: Catalogue) -> None:
+    missing = [p for p in cat.images if not p.is_file()]
+    if missing:
+        first = [str(p) for p in missing[:SHOW]]
+        raise InputError(
+            f"{len(missing)} of {cat.n} images not found (first: {first})", cat.path, "images"
+        )
+
+
+def _shard_columns(n_answers: int, size: int, answers: list[str]) -> dict[str, Column]:
+    names = tuple(answers)
+    return {
+        "images": Column(np.uint8, (3, size, size), units="uint8 colour planes"),
+        "fractions": Column(np.float32, (n_answers,), names=names),
+        "counts": Column(np.float32, (n_answers,), names=names, units="votes"),
+        "weights": Column(np.float32, (n_answers,), names=names),
+        "galaxy_id": Column(str),
+        "survey": Column(str),
+    }
+
+
+def _write_set(path: Path, rows: list[tuple[Catalogue, np.ndarray]], answers: list[str],
+               data: MorphologyData, name: str, progress) -> int:  # fmt: skip
+    size, n_ans = data.image_size, len(answers)
+    n = sum(len(idx) for _, idx in rows)
+    chunk = max(1, min(data.chunk_images, n))
+    with ShardWriter(path, _shard_columns(n_ans, size, answers), chunk_rows=chunk,
+                     attrs={"split": name}) as w:  # fmt: skip
+        for cat, idx in rows:
+            frac, cnt, wt = vote_arrays(cat, answers)
+            for a in range(0, len(idx), chunk):
+                sel = idx[a : a + chunk]
+                imgs = np.stack([read_image(cat.images[i], size, data.fits_stretch) for i in sel])
+                w.append({
+                    "images": imgs, "fractions": frac[sel], "counts": cnt[sel],
+                    "weights": wt[sel], "galaxy_id": cat.ids[sel], "survey": cat.surveys[sel],
+                })  # fmt: skip
+                progress(len(sel))
+    return n
+
+
+def prepare(data: MorphologyData, out_dir: str | Path,
+            progress: Callable[[int, int], None] | None = None) -> dict:  # fmt: skip
+    """Read the catalogues and images of ``data`` and write the prepared sets.
+
+    Parameters
+    ----------
+    data : MorphologyData
+    out_dir : str or pathlib.Path
+        Receives ``train.h5``, ``val.h5``, ``test.h5``, ``ood_<survey>.h5``, ``real.h5``
+        (when ``real_catalogue`` is set) and ``manifest.json``.
+    progress : callable, optional
+        ``progress(done, total)``: images written so far, of all.
+
+    Returns
+    -------
+    dict
+        The manifest.
+
+    Raises
+    ------
+    InputError
+        Bad catalogues (see :func:`.catalogues.read_catalogue`), an unknown survey,
+        missing or unreadable images, questions that a catalogue cannot give, empty sets.
+    """
+    cats = [
+        read_catalogue(c.path, c.survey, c.layout, c.id_column, c.image_column, c.image_root)
+        for c in data.catalogues
+    ]
+    known = set(data.train_surveys) | set(data.ood_surveys)
+    for cat in cats:
+        unknown = sorted(set(cat.surveys.tolist()) - known)
+        if unknown:
+            raise InputError(
+                f"unknown survey(s) {unknown}: list each in data.train_surveys or "
+                f"data.ood_surveys (now {sorted(known)})", cat.path, "survey",
+            )  # fmt: skip
+    found = {s for cat in cats for s in cat.surveys.tolist()}
+    absent = sorted(known - found)
+    if absent:
+        raise InputError(f"surveys {absent} are in no catalogue of data.catalogues",
+                         key="data.train_surveys")  # fmt: skip
+    if data.questions:
+        try:
+            questions = DECALS.restrict(data.questions).question_names
+        except KeyError as err:
+            raise InputError(str(err).strip("'\""), key="data.questions") from None
+    else:
+        questions = shared_questions({cat.layout for cat in cats if cat.has_counts}
+                                     or {cat.layout for cat in cats})  # fmt: skip
+    schema = DECALS.restrict(questions)
+    answers = schema.answer_names
+    for cat in cats:
+        if not cat.has_counts:
+            raise InputError("a training or held-out catalogue needs vote counts", cat.path)
+        _check_images(cat)
+        vote_arrays(cat, answers)  # every kept answer has counts: fail before writing
+    real = None
+    if data.real_catalogue:
+        real = read_catalogue(data.real_catalogue, data.real_survey)
+        _check_images(real)
+        if not set(real.fractions) & set(answers):
+            raise InputError(f"no answer of the schema ({answers[:SHOW]}...)", real.path)
+
+    # sets ---------------------------------------------------------------------------------
+    sets: dict[str, list[tuple[Catalogue, np.ndarray]]] = {}
+    for cat in cats:
+        split = assign_splits(cat.ids, data.split)
+        order = hash_unit(cat.ids, data.split.salt + ":train")
+        for s in np.unique(cat.surveys):
+            mine = cat.surveys == s
+            if s in data.ood_surveys:
+                sets.setdefault(f"ood_{s}", []).append((cat, np.flatnonzero(mine)))
+                continue
+            for k, name in enumerate(SPLITS):
+                idx = np.flatnonzero(mine & (split == k))
+                if name == "train":
+                    idx = idx[np.argsort(order[idx], kind="stable")]
+                sets.setdefault(f"_{name}_{s}", []).append((cat, idx))
+    available = {s: sum(len(i) for _, i in sets.get(f"_train_{s}", [])) for s in data.train_surveys}
+    quota = training_quota(available, data.train_surveys, data.n_train)
+    for name in SPLITS:
+        rows: list[tuple[Catalogue, np.ndarray]] = []
+        for s in data.train_surveys:
+            left = quota[s] if name == "train" else None
+            for cat, idx in sets.pop(f"_{name}_{s}", []):
+                take = idx if left is None else idx[:left]
+                if left is not None:
+                    left -= len(take)
+                rows.append((cat, np.sort(take)))
+        sets[name] = rows
+    if real is not None:
+        sets[REAL] = [(real, np.arange(real.n))]
+    counts = {k: int(sum(len(i) for _, i in v)) for k, v in sets.items()}
+    empty = [k for k, v in counts.items() if v == 0 and k in ("train", "val")]
+    if empty:
+        raise InputError(f"empty sets {empty} (more galaxies or other split ratios)",
+                         key="data.split")  # fmt: skip
+
+    total = sum(counts.values())
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    log.info("writing %d galaxies in %d sets (%d answers)", total, len(sets), len(answers))
+    with atomic_dir(out_dir) as tmp:
+        for name, rows in sets.items():
+            if counts[name]:
+                _write_set(tmp / f"{name}.h5", rows, answers, data, name, step)
+        real_answers = sorted(set(real.fractions) & set(answers), key=answers.index) if real else []
+        manifest = {
+            "answers": answers,
+            "questions": schema.question_names,
+            "question_index": schema.question_index.tolist(),
+            "parent_answer": schema.parent_answer.tolist(),
+            "sets": [k for k in sets if counts[k]],
+            "counts": counts,
+            "train_per_survey": quota,
+            "train_surveys": dict(data.train_surveys),
+            "ood_surveys": list(data.ood_surveys),
+            "surveys": {k: sorted({s for c, i in v for s in c.surveys[i].tolist()})
+                        for k, v in sets.items()},  # fmt: skip
+            "catalogues": [{"path": str(c.path), "layout": c.layout, "rows": c.n} for c in cats],
+            "real_catalogue": str(real.path) if real else None,
+            "real_answers": real_answers,
+            "image_size": data.image_size,
+        }
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
