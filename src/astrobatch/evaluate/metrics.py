@@ -7,6 +7,8 @@ floats, keyed by stable names so that metrics JSON files line up in
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import stats
 
@@ -60,10 +62,12 @@ def correlations(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     pred, true = np.asarray(pred, float), np.asarray(true, float)
     if len(pred) < 2 or np.std(pred) == 0 or np.std(true) == 0:
         return {"pearson": float("nan"), "spearman": float("nan")}
-    return {
-        "pearson": float(stats.pearsonr(pred, true)[0]),
-        "spearman": float(stats.spearmanr(pred, true)[0]),
-    }
+    with warnings.catch_warnings():  # nearly constant inputs: NaN, not a warning per call
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return {
+            "pearson": float(stats.pearsonr(pred, true)[0]),
+            "spearman": float(stats.spearmanr(pred, true)[0]),
+        }
 
 
 def per_set(values: np.ndarray, set_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

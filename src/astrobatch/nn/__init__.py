@@ -11,6 +11,9 @@ imports a study. Models are an encoder followed by a head.
   (summary-statistics MLP, Deep Sets, Set Transformer).
 - :mod:`astrobatch.nn.autoencoder`: the masked autoencoder of tabular features
   (the stellar_xp encoder).
-- :mod:`astrobatch.nn.heads`: heads (MLP, ordered quantiles; the place of the
-  Dirichlet and box heads) and the encoder + head composition.
+- :mod:`astrobatch.nn.vit`: the DINOv2 ViT backbone (Hugging Face ``transformers``),
+  from a local weights folder or a small random config; never downloaded.
+- :mod:`astrobatch.nn.heads`: heads (MLP, ordered quantiles, Galaxy Zoo votes: fractions
+  or Dirichlet concentrations; the place of the box head) and the encoder + head
+  composition.
 """

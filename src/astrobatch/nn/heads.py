@@ -17,19 +17,21 @@ Heads
 :class:`QuantileHead`
     An MLP to the 16/50/84 % quantiles of every label, ordered by construction
     (``q16 <= q50 <= q84`` for any weights).
+:class:`VoteHead`
+    The Dirichlet head: an MLP with batch normalisation to one output per
+    answer of a decision tree of questions (Galaxy Zoo style votes): vote
+    fractions in (0, 1) or Dirichlet concentrations in (1, 100). Its losses
+    (vote-weighted MSE, the Dirichlet-multinomial likelihood of raw vote
+    counts) are objectives of :mod:`astrobatch.tasks.votes`, not of the head.
 
 Heads to come, and where they go
 --------------------------------
-Two heads of the study plan belong in this module when their studies land:
-a *Dirichlet head* (morphology: Galaxy Zoo vote fractions) maps ``(B, D)`` to
-positive concentrations ``(B, n_answers)`` (e.g. ``1 + softplus`` or a scaled
-sigmoid of an MLP's outputs, as Zoobot does) and is trained with a
-Dirichlet-multinomial loss on raw vote counts (a loss of :mod:`astrobatch.tasks`,
-not of the head); a *box head* (cluster_finder: single-shot detection) takes the
-encoder's feature *map* (:class:`~astrobatch.nn.cnn.ConvEncoder` with
-``return_feature_map=True``, shape ``(B, C, h, w)``) rather than a vector and
-predicts, per map cell and anchor, box offsets and a class score. Both take
-plain arguments (widths, counts), like the heads here.
+One head of the study plan belongs in this module when its study lands: a
+*box head* (cluster_finder: single-shot detection) takes the encoder's feature
+*map* (:class:`~astrobatch.nn.cnn.ConvEncoder` with ``return_feature_map=True``,
+shape ``(B, C, h, w)``) rather than a vector and predicts, per map cell and
+anchor, box offsets and a class score. It takes plain arguments (widths,
+counts), like the heads here.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "EncoderHead", "MLPHead", "QuantileHead"]
+__all__ = ["ACTIVATIONS", "EncoderHead", "MLPHead", "QuantileHead", "VoteHead"]
 
 #: Activations of :class:`MLPHead` by name.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
@@ -254,3 +256,111 @@ class EncoderHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``head(encoder(x))``."""
         return self.head(self.encoder(x))
+
+
+#: Outputs of :class:`VoteHead`.
+VOTE_OUTPUTS = ("fraction", "concentration")
+
+
+class VoteHead(nn.Module):
+    """MLP to one output per answer: vote fractions or Dirichlet concentrations.
+
+    Per hidden layer ``Linear -> BatchNorm1d -> ReLU -> Dropout``, then
+    ``Linear -> n_answers`` and the output map:
+
+    - ``"fraction"``: ``sigmoid(z)``, each answer's vote fraction in (0, 1),
+      independently per answer (the fractions of one question need not sum to
+      1), as in the Galaxy Sommelier DINOv2 fine-tuning of Galaxy Zoo votes
+      (768 -> 512 -> 256 -> N, batch norm, ReLU, dropout 0.2); train with the
+      vote-weighted MSE of :class:`astrobatch.tasks.votes.VoteLoss`;
+    - ``"concentration"``: ``1 + 99 sigmoid(z)``, the concentrations of one
+      Dirichlet per question, in (1, 100) (Zoobot; Walmsley et al. 2022,
+      MNRAS 509, 3966, arXiv:2102.08414); train with the Dirichlet-multinomial
+      likelihood of the raw vote counts (``VoteLoss(kind="dirichlet")``) and
+      read expected fractions with
+      :func:`astrobatch.tasks.votes.expected_fractions`.
+
+    Parameters
+    ----------
+    in_features : int
+        D, width of the encoder's features (e.g. 768 for DINOv2 ViT-B/14).
+    n_answers : int
+        A, answers of all questions together.
+    hidden : sequence of int
+        Widths of the hidden layers; empty: a single linear map (no batch norm).
+    dropout : float
+        Dropout probability after every hidden layer, in [0, 1) (0: no dropout
+        module).
+    output : {"fraction", "concentration"}
+        The output map above.
+
+    Attributes
+    ----------
+    in_features, out_features : int
+        D and A.
+    output : str
+    layers : torch.nn.Sequential
+        Everything up to the logits ``z`` ``(B, A)``.
+
+    Shape
+    -----
+    - input: ``(B, in_features)``, float32
+    - output: ``(B, n_answers)``, float32, fractions in (0, 1) or
+      concentrations in (1, 100) (in float32 the sigmoid may round to the
+      closed interval's ends for ``|z| > ~17``)
+
+    Raises
+    ------
+    ValueError
+        On a non-positive width, a dropout outside [0, 1) or an unknown
+        ``output``. In training mode, ``BatchNorm1d`` raises ValueError on a
+        batch of one object ("Expected more than 1 value per channel"): drop
+        the last incomplete batch (``drop_last=True``) or call ``eval()``.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> head = VoteHead(16, 5, hidden=(8,), output="concentration")
+    >>> [type(m).__name__ for m in head.layers]
+    ['Linear', 'BatchNorm1d', 'ReLU', 'Dropout', 'Linear']
+    >>> alpha = head(torch.randn(4, 16))
+    >>> alpha.shape, bool(((alpha > 1) & (alpha < 100)).all())
+    (torch.Size([4, 5]), True)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        n_answers: int,
+        hidden: Sequence[int] = (512, 256),
+        dropout: float = 0.2,
+        output: str = "fraction",
+    ):
+        super().__init__()
+        hidden = [int(h) for h in hidden]
+        if min([in_features, n_answers, *hidden]) < 1:
+            raise ValueError(
+                f"widths must be >= 1, got in_features={in_features}, "
+                f"n_answers={n_answers}, hidden={hidden}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if output not in VOTE_OUTPUTS:
+            raise ValueError(f"output must be one of {list(VOTE_OUTPUTS)}, got {output!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(n_answers)
+        self.output = output
+        layers: list[nn.Module] = []
+        width = self.in_features
+        for units in hidden:
+            layers += [nn.Linear(width, units), nn.BatchNorm1d(units), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = units
+        layers.append(nn.Linear(width, self.out_features))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Fractions or concentrations ``(B, n_answers)`` of features ``z`` ``(B, in_features)``."""
+        p = torch.sigmoid(self.layers(z))
+        return p if self.output == "fraction" else 1.0 + 99.0 * p

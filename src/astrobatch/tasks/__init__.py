@@ -9,5 +9,8 @@ params, in ``studies/<study>/``):
   head-only phase, two learning rates, pluggable loss) and weights-only loading
   of a pretrained encoder.
 - :mod:`astrobatch.tasks.quantile`: the pinball loss and quantile fine-tuning.
+- :mod:`astrobatch.tasks.votes`: losses on votes grouped by question (vote-weighted MSE on
+  fractions, Dirichlet-multinomial NLL on counts; unasked questions contribute nothing),
+  Dirichlet means and predictive intervals.
 - :mod:`astrobatch.tasks.optim`: shared optimiser and schedule helpers.
 """

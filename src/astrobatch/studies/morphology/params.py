@@ -34,6 +34,11 @@ class SurveySpec(Strict):
     volunteers_first_question: float = Field(
         40.0, gt=0, description="mean votes on the first question (Poisson)"
     )
+    rgb_saturation: float = Field(
+        4.0, gt=0,
+        description="JPEG/PNG: surface brightness (mean of the 3 planes, in the unit of "
+        "sky_sigma) that the survey's fixed asinh stretch maps to full scale",
+    )  # fmt: skip
 
 
 def _default_surveys() -> list[SurveySpec]:
@@ -60,6 +65,11 @@ class MorphologySimulate(Strict):
     surveys: list[SurveySpec] = Field(default_factory=_default_surveys, min_length=1)
     half_light_arcsec: OrderedRange(0.1, 30.0, strict_order=True) = Field(
         (1.5, 6.0), description="range of galaxy half-light radii (log-uniform), arcsec"
+    )
+    surface_brightness: OrderedRange(1e-3, 1e3, strict_order=True) = Field(
+        (0.3, 3.0),
+        description="range of the mean surface brightness within the half-light radius "
+        "(log-uniform), in the image unit that sky_sigma is relative to",
     )
     merger_fraction: Fraction = Field(0.08, description="galaxies with a companion")
     artifact_fraction: Fraction = Field(0.03, description="stars and image artefacts")
@@ -110,7 +120,8 @@ class MorphologyData(Strict):
     catalogues: list[CatalogueSpec] = Field(default_factory=_default_catalogues, min_length=1)
     train_surveys: dict[str, float] = Field(
         default_factory=lambda: {"sdss": 0.5, "decals": 0.5},
-        description="survey -> share of the training set (mixing proportions; > 0)",
+        description="survey -> share of the training set (mixing proportions); a share of 0 "
+        "leaves the survey out (its galaxies are in no set)",
     )
     n_train: int = Field(
         0, ge=0,
@@ -138,8 +149,9 @@ class MorphologyData(Strict):
 
     @model_validator(mode="after")
     def _surveys(self):
-        if not self.train_surveys or min(self.train_surveys.values()) <= 0:
-            raise ValueError("train_surveys: at least one survey, every share > 0")
+        shares = self.train_surveys.values()
+        if not shares or min(shares) < 0 or max(shares) <= 0:
+            raise ValueError("train_surveys: shares >= 0, at least one > 0")
         both = set(self.train_surveys) & set(self.ood_surveys)
         if both:
             raise ValueError(f"surveys {sorted(both)} are both trained on and held out")

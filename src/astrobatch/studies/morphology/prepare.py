@@ -12,7 +12,7 @@ Steps:
 4. sets: galaxies of the training surveys go to train/val/test by a salted hash of their
    id (fixed across experiments); the training split keeps, per survey, its share of
    ``n_train`` (``train_surveys`` proportions; the lowest hashes first, so a smaller
-   ``n_train`` is a subset of a larger one); every held-out survey is one set
+   ``n_train`` is a subset of a larger one; a share of 0 leaves a survey out); every held-out survey is one set
    ``ood_<survey>``; the real catalogue (``real_catalogue``, fractions only) is ``real``;
 5. images decoded once (Pillow for JPEG/PNG, astropy for FITS) and resized to
    ``image_size``, written as ``uint8 (n, 3, S, S)`` chunked HDF5 shards with
@@ -201,8 +201,6 @@ def prepare(data: MorphologyData, out_dir: str | Path,
     schema = DECALS.restrict(questions)
     answers = schema.answer_names
     for cat in cats:
-        if not cat.has_counts:
-            raise InputError("a training or held-out catalogue needs vote counts", cat.path)
         _check_images(cat)
         vote_arrays(cat, answers)  # every kept answer has counts: fail before writing
     real = None
@@ -222,16 +220,19 @@ def prepare(data: MorphologyData, out_dir: str | Path,
             if s in data.ood_surveys:
                 sets.setdefault(f"ood_{s}", []).append((cat, np.flatnonzero(mine)))
                 continue
+            if data.train_surveys[s] == 0:  # left out of this run
+                continue
             for k, name in enumerate(SPLITS):
                 idx = np.flatnonzero(mine & (split == k))
                 if name == "train":
                     idx = idx[np.argsort(order[idx], kind="stable")]
                 sets.setdefault(f"_{name}_{s}", []).append((cat, idx))
-    available = {s: sum(len(i) for _, i in sets.get(f"_train_{s}", [])) for s in data.train_surveys}
-    quota = training_quota(available, data.train_surveys, data.n_train)
+    shares = {s: v for s, v in data.train_surveys.items() if v > 0}
+    available = {s: sum(len(i) for _, i in sets.get(f"_train_{s}", [])) for s in shares}
+    quota = training_quota(available, shares, data.n_train)
     for name in SPLITS:
         rows: list[tuple[Catalogue, np.ndarray]] = []
-        for s in data.train_surveys:
+        for s in shares:
             left = quota[s] if name == "train" else None
             for cat, idx in sets.pop(f"_{name}_{s}", []):
                 take = idx if left is None else idx[:left]

@@ -77,8 +77,10 @@ def build_encoder(params: MorphologyParams, image_size: int) -> nn.Module:
         return ConvEncoder(3, image_size, m.conv_channels)
     from astrobatch.nn.vit import build_backbone
 
+    if m.weights_dir:  # the local folder's own config; the small-config params do not apply
+        return build_backbone(m.weights_dir)
     return build_backbone(
-        m.weights_dir or None, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
+        None, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
         num_attention_heads=m.num_attention_heads, patch_size=m.patch_size,
         image_size=image_size,
     )  # fmt: skip
@@ -136,11 +138,11 @@ def build_task(params: MorphologyParams, manifest: dict, stage: str) -> VoteTask
         t = params.head
         return VoteTask(encoder, head, manifest["question_index"], params.loss,
                         lr_encoder=t.lr, lr_head=t.lr, weight_decay=t.weight_decay,
-                        max_epochs=t.max_epochs)  # fmt: skip
+                        max_epochs=t.max_epochs).train()  # fmt: skip
     t = params.full
     return VoteTask(encoder, head, manifest["question_index"], params.loss,
                     lr_encoder=t.lr_backbone, lr_head=t.lr_head, weight_decay=t.weight_decay,
-                    max_epochs=t.max_epochs)  # fmt: skip
+                    max_epochs=t.max_epochs).train()  # fmt: skip
 
 
 def image_datasets(params: MorphologyParams, prepared_dir: Path, transform, names=SPLITS,
