@@ -200,7 +200,11 @@ class HeadTraining(TrainingParams):
 class FullTraining(TrainingParams):
     """Stage 2: backbone and head from the head stage's best checkpoint."""
 
-    lr_backbone: float = Field(1e-4, gt=0, description="backbone peak lr (seed: 5e-6)")
+    lr_backbone: float = Field(
+        5e-4, gt=0,
+        description="backbone peak lr (seed: 5e-6, for pretrained weights; the small random "
+        "default config learns from scratch and needs more)",
+    )  # fmt: skip
     lr_head: float = Field(1e-3, gt=0, description="head peak lr (seed: 1e-4)")
 
 
@@ -226,6 +230,6 @@ class MorphologyParams(Strict):
         batch_size=128, max_epochs=40, lr=1e-3, weight_decay=0.01, patience=8
     )
     full: FullTraining = FullTraining(
-        batch_size=64, max_epochs=6, lr=1e-3, weight_decay=0.01, patience=3
+        batch_size=64, max_epochs=20, lr=1e-3, weight_decay=0.01, patience=6
     )
     evaluate: MorphologyEvaluate = MorphologyEvaluate()

@@ -20,7 +20,7 @@ Galaxies (:func:`draw_structure`)
     A morphological class (elliptical 30 %, lenticular 15 %, spiral 45 %, irregular 10 %)
     sets the ranges of the structure: bulge-to-total flux ratio B/T (in the disc's units,
     see *Colours*), Sérsic index n of the bulge (1.5-4, on a 0.1 grid), disc half-light
-    radius (``half_light_arcsec``, log-uniform; for ellipticals the bulge's is 0.8-1 of it),
+    radius (``half_light_arcsec``, log-uniform; for ellipticals the bulge's is 0.5-0.85 of it),
     inclination (isotropic, cos i uniform), position angle, bar strength (0-1), spiral-arm
     strength (0-1), number of arms and pitch angle (tighter for larger B/T, as along the
     Hubble sequence), clump fraction (share of the disc light in star-forming knots).
@@ -36,16 +36,18 @@ Rendering (:func:`render_galaxy`; GalSim, Rowe et al. 2015, A&C 10, 121, arXiv:1
     bar), sampled on a grid of 1.5 points per pixel, drawn through
     ``galsim.InterpolatedImage`` and projected (axis ratio ``sqrt(cos^2 i + 0.12^2 sin^2 i)``,
     major axis kept). Bar: an elongated ``Sersic(n=0.5)`` (axis ratio 0.25, up to 30 % of
-    the disc light) in the disc plane, projected with it. Clumps: knot positions from
-    ``galsim.RandomKnots`` sampled from the (arm-modulated) disc, rendered as point sources.
-    Mergers: both galaxies sheared by a tidal g = 0.1-0.35 towards each other, plus a faint
-    elongated tidal plume. Everything is convolved with a Moffat PSF (beta 3.5, FWHM
-    ``psf_fwhm_arcsec``; point sources through the same PSF drawn once per survey) and
+    the disc light, 0.8-1.5 half-light radii long) in the disc plane, projected with it.
+    Clumps: 15-50 knots, their positions drawn from the arm-modulated disc light of spirals
+    (on the arms) or from ``galsim.RandomKnots`` on the exponential disc, rendered as point
+    sources. Mergers: both galaxies sheared by a tidal g = 0.1-0.35 towards each other, plus
+    a faint elongated tidal plume (6 % of the flux, axis ratio 0.35). Everything is
+    convolved with a Moffat PSF (beta 3.5, FWHM ``psf_fwhm_arcsec``; point sources through
+    the same PSF, drawn once per survey by GalSim with the pixel response, by FFT) and
     drawn with pixel response at ``pixel_scale_arcsec`` on ``image_size`` pixels, the
     centre jittered by up to half a pixel; Gaussian sky noise of ``sky_sigma`` is added.
 Colours
     Each component is drawn once and the bands are linear combinations: band b is
-    ``w_b bulge_and_bar + disc + clumps / w_b^2 (+ star, trail)`` with
+    ``w_b bulge_and_bar + disc + w_b^-1.5 clumps (+ star, trail)`` with
     ``w_b = band_bulge_weight[b]`` (the disc has the same flux in every band): red bulges and
     bars, bluer clumps; near-IR bands (large w) see more bulge and fewer clumps.
 Answer probabilities (:func:`true_probabilities`) of the GZ DECaLS tree
@@ -97,7 +99,9 @@ for any ``n_workers`` and the structure of galaxy i does not depend on the surve
 Image files
     JPEG (Pillow, quality 90) and PNG: 8-bit RGB with R = the reddest (last) band, G = the
     middle one, B = the bluest (first; fewer bands are repeated), north (+y) up, through a
-    fixed per-survey asinh stretch after Lupton et al. (2004, PASP 116, 133):
+    fixed per-survey asinh stretch after Lupton et al. (2004, PASP 116, 133): channel gains
+    ``w_b^-1/2`` (normalised to a geometric mean of 1; bluer bands boosted as in the
+    Legacy Surveys' per-band scales, so discs look blue and bulges yellow), then
     ``rgb = x f(I) / I``, ``I`` the mean of the planes, ``f(I) = asinh(I / β) / Q`` with
     softening ``β = 2 sky_sigma`` and ``Q = asinh(rgb_saturation / β)``, so that surface
     brightness ``rgb_saturation`` reaches full scale; saturated pixels keep their colour.
@@ -138,6 +142,12 @@ ARM_SHARPNESS, ARM_PROFILE_MEAN = 3, 5.0 / 16.0
 ARM_GRID_SAMPLING, ARM_PAD_FACTOR = 1.5, 1.5
 #: Bar: Sérsic index, axis ratio, flux share of the disc light at strength 1.
 BAR_N, BAR_Q, BAR_MAX_FLUX = 0.5, 0.25, 0.3
+#: Band weight exponent of the clumps (w_b^-1.5: blue young knots).
+CLUMP_COLOUR = -1.5
+#: Tidal plume of a merger: flux share of the primary and axis ratio.
+TAIL_FLUX, TAIL_Q = 0.06, 0.35
+#: JPEG/PNG channel gains w_b^-1/2 (bluer bands boosted, as legacypipe's per-band scales).
+RGB_GAIN_POWER = -0.5
 #: Sérsic truncation radius in half-light radii.
 SERSIC_TRUNC = 6.0
 #: Sd of the per-answer logit noise of the true probabilities.
@@ -295,7 +305,7 @@ def draw_structure(p: MorphologySimulate, rng: np.random.Generator) -> GalaxyStr
     bar = bar_len = arm = pitch = clump = 0.0
     n_arms = 0
     if kind == "elliptical":
-        bt, n, r_b, q0 = u(0.9, 1.0), u(3.0, 4.0), r_e * u(0.8, 1.0), u(0.45, 0.95)
+        bt, n, r_b, q0 = u(0.9, 1.0), u(3.0, 4.0), r_e * u(0.5, 0.85), u(0.45, 0.95)
     elif kind == "lenticular":
         bt, n, r_b, q0 = u(0.35, 0.7), u(2.0, 4.0), r_e * u(0.3, 0.5), u(0.6, 0.9)
         if rng.random() < 0.3:
@@ -310,13 +320,13 @@ def draw_structure(p: MorphologySimulate, rng: np.random.Generator) -> GalaxyStr
         if rng.random() < 0.45:
             bar = u(0.15, 1.0)
         if rng.random() < 0.45:
-            clump = u(0.05, 0.3)
+            clump = u(0.05, 0.2)
     else:  # irregular
         bt, n, r_b, q0 = u(0.0, 0.08), 1.5, r_e * 0.3, 0.8
         clump = u(0.3, 0.6)
     n = round(float(n), 1)  # GalSim caches Sérsic tables per n: keep them few
     if bar > 0:
-        bar_len = r_e * u(0.6, 1.1)
+        bar_len = r_e * u(0.8, 1.5)
     q_d, q_b = _disc_q(incl), _spheroid_q(incl, q0)
     merger = bool(rng.random() < p.merger_fraction)
     ratio = u(0.25, 1.0) if merger else 0.0
@@ -377,8 +387,8 @@ def true_probabilities(s: GalaxyStructure) -> np.ndarray:
         is listed in the module docstring.
     """
     e = s.logit_noise
-    start = dict(zip(DECALS.question_names, np.searchsorted(DECALS.question_index,
-                                                           np.arange(len(DECALS.questions)))))  # fmt: skip
+    first = np.searchsorted(DECALS.question_index, np.arange(len(DECALS.questions)))
+    start = dict(zip(DECALS.question_names, first, strict=True))
 
     def soft(q: str, logits) -> np.ndarray:
         k = start[q]
@@ -404,14 +414,21 @@ def true_probabilities(s: GalaxyStructure) -> np.ndarray:
         "bar": ordinal("bar", 6.0 * bar, [1.5, 3.5])[::-1],
         "bulge-size": ordinal("bulge-size", 10.0 * bt, [0.4, 1.5, 3.5, 6.0])[::-1],
         "how-rounded": ordinal("how-rounded", 10.0 * (1.0 - s.axis_ratio), [2.5, 6.0]),
-        "edge-on-bulge": soft("edge-on-bulge", [-0.9 * (s.sersic_n - 2.5) - 1.0 + 3.0 * bar,
-                                                2.5 - 14.0 * bt,
-                                                0.9 * (s.sersic_n - 2.5) + 0.5]),  # fmt: skip
-        "spiral-winding": ordinal("spiral-winding", s.pitch_angle_deg / 4.0,
-                                  [15.0 / 4.0, 25.0 / 4.0]),  # fmt: skip
-        "spiral-arm-count": soft("spiral-arm-count",
-                                 [2.5 - 1.5 * abs(k - m) for k in (1, 2, 3, 4, 5)]
-                                 + [1.5 - 3.0 * arm]),  # fmt: skip
+        "edge-on-bulge": soft(
+            "edge-on-bulge",
+            [
+                -0.9 * (s.sersic_n - 2.5) - 1.0 + 3.0 * bar,
+                2.5 - 14.0 * bt,
+                0.9 * (s.sersic_n - 2.5) + 0.5,
+            ],
+        ),
+        "spiral-winding": ordinal(
+            "spiral-winding", s.pitch_angle_deg / 4.0, [15.0 / 4.0, 25.0 / 4.0]
+        ),
+        "spiral-arm-count": soft(
+            "spiral-arm-count",
+            [2.5 - 1.5 * abs(k - m) for k in (1, 2, 3, 4, 5)] + [1.5 - 3.0 * arm],
+        ),
         "merging": soft("merging", merging),
     }
     return np.concatenate([out[q] for q in DECALS.question_names])
@@ -517,12 +534,12 @@ def gz2_probabilities(decals: np.ndarray, clump_fraction) -> np.ndarray:
     disturbed = d["merging_minor-disturbance"] + d["merging_major-disturbance"]
     irregular = 0.7 * c
     base = 0.08  # rings, lenses, dust lanes, other
-    odd = 1.0 - (1.0 - (1.0 - d["merging_none"])) * (1.0 - irregular) * (1.0 - base)
+    odd = 1.0 - d["merging_none"] * (1.0 - irregular) * (1.0 - base)
     g["t06_odd_a14_yes"], g["t06_odd_a15_no"] = odd, 1.0 - odd
-    feats = {"a19_ring": np.full_like(odd, 0.3 * base), "a20_lens_or_arc": np.full_like(odd, 0.2 * base),
-             "a21_disturbed": disturbed, "a22_irregular": irregular,
-             "a23_other": np.full_like(odd, 0.3 * base), "a24_merger": d["merging_merger"],
-             "a38_dust_lane": np.full_like(odd, 0.2 * base)}  # fmt: skip
+    const = np.ones_like(odd) * base
+    feats = {"a19_ring": 0.3 * const, "a20_lens_or_arc": 0.2 * const,
+             "a21_disturbed": disturbed, "a22_irregular": irregular, "a23_other": 0.3 * const,
+             "a24_merger": d["merging_merger"], "a38_dust_lane": 0.2 * const}  # fmt: skip
     tot = sum(feats.values())
     for k, v in feats.items():
         g[f"t08_odd_feature_{k}"] = v / tot
@@ -711,9 +728,7 @@ def _deposit(image: np.ndarray, xy_arcsec: np.ndarray, flux, ps: float, offset) 
         np.add.at(image, (yi[ok], xi[ok]), (flux * w)[ok])
 
 
-def render_galaxy(
-    s: GalaxyStructure, survey: SurveySpec, rng: np.random.Generator
-) -> np.ndarray:
+def render_galaxy(s: GalaxyStructure, survey: SurveySpec, rng: np.random.Generator) -> np.ndarray:
     """Draw a galaxy as a survey sees it (see the module docstring).
 
     Parameters
@@ -761,8 +776,9 @@ def render_galaxy(
         for objs, out in ((c_red, red), (c_disc, disc)):
             out += [o.shear(g=s.tidal_shear, beta=back * deg).shift(*shift) for o in objs]
         tail_dir = np.radians(back + s.tail_angle_deg)
-        tail = galsim.Gaussian(sigma=0.8 * s.half_light_arcsec, flux=0.08 * flux,
-                               gsparams=_GSPARAMS).shear(q=0.15, beta=np.degrees(tail_dir) * deg)
+        tail = galsim.Gaussian(
+            sigma=0.8 * s.half_light_arcsec, flux=TAIL_FLUX * flux, gsparams=_GSPARAMS
+        ).shear(q=TAIL_Q, beta=np.degrees(tail_dir) * deg)
         d = 1.3 * s.half_light_arcsec
         disc.append(tail.shift(d * np.cos(tail_dir), d * np.sin(tail_dir)))  # fmt: skip
 
@@ -779,11 +795,11 @@ def render_galaxy(
     if len(knots):
         blob = np.zeros((size, size))
         _deposit(blob, knots, knot_flux, ps, s.offset_px)
-        points += blob[None] / (w * w)[:, None, None]
+        points += blob[None] * (w**CLUMP_COLOUR)[:, None, None]
     if s.artifact_kind == "star":
         star = np.zeros((size, size))
         _deposit(star, np.array([s.star_point]), s.star_flux, ps, s.offset_px)
-        points += star[None] * (w ** s.star_colour)[:, None, None]
+        points += star[None] * (w**s.star_colour)[:, None, None]
     elif s.artifact_kind == "trail":
         half = size * ps  # longer than the cutout's diagonal / 2
         t = np.arange(-half, half, 0.5 * ps)
@@ -833,14 +849,17 @@ def asinh_rgb(cube: np.ndarray, survey: SurveySpec) -> np.ndarray:
     cube : numpy.ndarray, shape (3, S, S), float
         R, G, B planes (:func:`rgb_planes`), surface brightness in u, row 0 at the bottom.
     survey : SurveySpec
-        Uses ``sky_sigma`` (softening ``β = 2 sky_sigma``) and ``rgb_saturation``.
+        Uses ``sky_sigma`` (softening ``β = 2 sky_sigma``), ``rgb_saturation`` and
+        ``band_bulge_weight`` (channel gains ``w_b^-1/2`` over their geometric mean).
 
     Returns
     -------
     numpy.ndarray, shape (S, S, 3), uint8
         Row 0 at the top (north up in an image viewer).
     """
-    x = np.asarray(cube, np.float64)
+    w = np.asarray(survey.band_bulge_weight, np.float64)
+    gain = w**RGB_GAIN_POWER / np.exp(np.mean(np.log(w**RGB_GAIN_POWER)))
+    x = np.asarray(cube, np.float64) * rgb_planes(gain[:, None, None], survey.bands)[0]
     beta = RGB_SOFTENING * survey.sky_sigma
     q = np.arcsinh(survey.rgb_saturation / beta)
     i = x.mean(axis=0)
@@ -931,10 +950,10 @@ def _simulate_chunk(args: tuple) -> list[tuple]:
             p_seen = gz2_probabilities(p_seen, st.clump_fraction)
         n_vol = int(rng.poisson(survey.volunteers_first_question))
         counts = simulate_votes(p_seen, n_vol, schema, rng)[0]
-        truth = {"id": gid, "survey": survey.name, **st.truth_row(),
-                 "visibility_featured": float(v_f), "visibility_detail": float(v_d),
-                 "n_volunteers": n_vol,
-                 **{f"p_{a}": float(v) for a, v in zip(DECALS.answer_names, p_true)}}  # fmt: skip
+        truth = {"id": gid, "survey": survey.name, **st.truth_row()}
+        truth.update(visibility_featured=float(v_f), visibility_detail=float(v_d),
+                     n_volunteers=n_vol)  # fmt: skip
+        truth.update({f"p_{a}": float(v) for a, v in zip(DECALS.answer_names, p_true, strict=True)})
         out.append((gid, data, truth, counts))
     return out
 
