@@ -100,6 +100,22 @@ TINY_REPO_PARAMS = {
         "pretrain": {"training": {"max_epochs": 2, "batch_size": 128}},
         "finetune": {"head_hidden": [32], "training": {"max_epochs": 2, "batch_size": 128}},
     },
+    "morphology": {
+        "simulate": {"surveys": [
+            {"name": n, "n_galaxies": k, "layout": lay, "catalogue_format": cf,
+             "image_format": fmt, "bands": b, "pixel_scale_arcsec": 0.4, "image_size": 32,
+             "psf_fwhm_arcsec": 1.2, "sky_sigma": 0.05, "band_bulge_weight": [0.8, 1.0, 1.2]}
+            for n, k, lay, cf, fmt, b in (
+                ("sdss", 24, "gz2", "fits", "jpeg", ["g", "r", "i"]),
+                ("decals", 24, "gz_decals", "csv", "png", ["g", "r", "z"]),
+                ("ukidss", 12, "gz_decals", "csv", "fits", ["Y", "J", "K"]))]},
+        "data": {"image_size": 32, "chunk_images": 16},
+        "model": {"hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "head_hidden": [16]},
+        "head": {"max_epochs": 2, "batch_size": 16},
+        "full": {"max_epochs": 1, "batch_size": 16},
+        "evaluate": {"n_examples": 2},
+    },
 }  # fmt: skip
 
 

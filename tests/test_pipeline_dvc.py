@@ -37,6 +37,11 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
         assert f"Running stage 'cluster_age_{s}'" in out
     for s in ("simulate", "prepare", "pretrain", "finetune", "evaluate"):
         assert f"Running stage 'stellar_xp_{s}'" in out
+    for s in ("simulate", "prepare", "train_head", "train_full", "evaluate"):
+        assert f"Running stage 'morphology_{s}'" in out
+    mo = json.loads((d / "metrics/morphology.json").read_text())
+    assert {"test/mse", "head_only/test/mse", "baseline/train_mean/test/mse",
+            "ood_ukidss/degradation/mse", "real/r"} <= set(mo)  # fmt: skip
     ca = json.loads((d / "metrics/cluster_age.json").read_text())
     assert {"test/mdae_log_age", "baseline/mean/test/mdae_log_age"} <= set(ca)
     xp = json.loads((d / "metrics/stellar_xp.json").read_text())
@@ -64,6 +69,7 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
     assert "Running stage 'star_sets_prepare'" not in third
     assert "Running stage 'cluster_age" not in third  # other studies untouched
     assert "Running stage 'stellar_xp" not in third
+    assert "Running stage 'morphology" not in third
     state = json.loads((d / "models/star_sets/train_state.json").read_text())
     assert state["complete"] and state["resumed"] is False  # a changed run starts fresh
 
