@@ -100,10 +100,14 @@ def test_prepare_sets_splits_and_mixing(surveys, tmp_path):
     with open_shard(tmp_path / "p2" / "test.h5") as f, open_shard(out / "test.h5") as g:
         assert f.read("galaxy_id").tolist() == g.read("galaxy_id").tolist()  # same test set
     assert len(ids2) == 40
+    # a share of 0 leaves a survey out of every set (single-survey training)
+    m3 = prepare(data_params(surveys, train_surveys={"a": 0.0, "b": 1.0}), tmp_path / "p3")
+    assert m3["surveys"]["train"] == m3["surveys"]["test"] == ["b"]
+    assert m3["train_per_survey"] == {"b": m3["counts"]["train"]}
 
 
 @pytest.mark.parametrize("case", ["missing_image", "corrupt_png", "fraction", "negative",
-                                  "unknown_survey"])  # fmt: skip
+                                  "unknown_survey", "corrupt_fits"])  # fmt: skip
 def test_bad_input_one_message_nothing_written(surveys, tmp_path, case):
     src = surveys["paths"]["b"].parent
     b = tmp_path / "b"
@@ -124,9 +128,15 @@ def test_bad_input_one_message_nothing_written(surveys, tmp_path, case):
     elif case == "negative":
         df.loc[2, "disk-edge-on_yes"] = -1
         match = "negative"
-    else:
+    elif case == "unknown_survey":
         df["survey"] = "hsc"
         match = "unknown survey"
+    else:  # a FITS image cut short, in the held-out survey's folder (copied too)
+        c = tmp_path / "c"
+        shutil.copytree(surveys["paths"]["c"].parent, c)
+        (c / "images/2.fits").write_bytes((c / "images/2.fits").read_bytes()[: 2880 + 100])
+        surveys = {"paths": dict(surveys["paths"], c=c / "gz_decals_catalogue.csv")}
+        match = "2.fits"
     df.to_csv(cat, index=False)
     paths = dict(surveys["paths"], b=cat)
     out = tmp_path / "prep"
@@ -134,6 +144,29 @@ def test_bad_input_one_message_nothing_written(surveys, tmp_path, case):
     (out / "keep.txt").write_text("previous")
     with pytest.raises(InputError, match=match) as err:
         prepare(data_params({"paths": paths}), out)
-    assert str(cat) in str(err.value) or case == "corrupt_png"
+    assert str(cat) in str(err.value) or case.startswith("corrupt")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prep")]
+
+
+def test_cli_bad_input_exits_2_with_one_message(surveys, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from astrobatch.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    cat = surveys["paths"]["b"]
+    (tmp_path / "params.yaml").write_text(
+        "morphology:\n  data:\n    catalogues:\n"
+        f"      - {{path: {cat}, survey: b}}\n"
+        "    train_surveys: {b: 1.0}\n    ood_surveys: []\n    real_catalogue: ''\n"
+        "  model:\n    weights_dir: no_such_weights\n"
+    )
+    r = CliRunner().invoke(app, ["morphology", "prepare", "--out", "prep"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["morphology", "train-head", "--prepared", "prep", "--out", "head"])
+    assert r.exit_code == 2 and "no_such_weights" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "head").exists()
+    (tmp_path / "params.yaml").write_text("morphology:\n  data:\n    train_surveys: {}\n")
+    r = CliRunner().invoke(app, ["morphology", "prepare", "--out", "prep2"])
+    assert r.exit_code == 2 and "train_surveys" in r.output

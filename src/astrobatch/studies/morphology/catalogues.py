@@ -270,9 +270,7 @@ def vote_arrays(cat: Catalogue, answers: list[str]) -> tuple[np.ndarray, np.ndar
         weights = totals
     else:
         counts = np.zeros((n, a))
-        fractions = np.stack(
-            [cat.fractions.get(x, np.full(n, np.nan)) for x in answers], axis=1
-        )
+        fractions = np.stack([cat.fractions.get(x, np.full(n, np.nan)) for x in answers], axis=1)
         weights = np.isfinite(fractions).astype(np.float64)
         fractions = np.nan_to_num(fractions, nan=0.0)
     return fractions.astype(np.float32), counts.astype(np.float32), weights.astype(np.float32)

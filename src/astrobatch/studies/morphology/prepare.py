@@ -12,7 +12,8 @@ Steps:
 4. sets: galaxies of the training surveys go to train/val/test by a salted hash of their
    id (fixed across experiments); the training split keeps, per survey, its share of
    ``n_train`` (``train_surveys`` proportions; the lowest hashes first, so a smaller
-   ``n_train`` is a subset of a larger one; a share of 0 leaves a survey out); every held-out survey is one set
+   ``n_train`` is a subset of a larger one; a share of 0 leaves a survey out); every
+   held-out survey is one set
    ``ood_<survey>``; the real catalogue (``real_catalogue``, fractions only) is ``real``;
 5. images decoded once (Pillow for JPEG/PNG, astropy for FITS) and resized to
    ``image_size``, written as ``uint8 (n, 3, S, S)`` chunked HDF5 shards with
@@ -272,8 +273,9 @@ def prepare(data: MorphologyData, out_dir: str | Path,
             "train_per_survey": quota,
             "train_surveys": dict(data.train_surveys),
             "ood_surveys": list(data.ood_surveys),
-            "surveys": {k: sorted({s for c, i in v for s in c.surveys[i].tolist()})
-                        for k, v in sets.items()},  # fmt: skip
+            "surveys": {
+                k: sorted({s for c, i in v for s in c.surveys[i].tolist()}) for k, v in sets.items()
+            },
             "catalogues": [{"path": str(c.path), "layout": c.layout, "rows": c.n} for c in cats],
             "real_catalogue": str(real.path) if real else None,
             "real_answers": real_answers,

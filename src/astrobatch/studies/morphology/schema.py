@@ -195,8 +195,11 @@ DECALS = Schema(
         _q("how-rounded", ("round", "in-between", "cigar-shaped"), "smooth-or-featured_smooth"),
         _q("edge-on-bulge", ("boxy", "none", "rounded"), "disk-edge-on_yes"),
         _q("spiral-winding", ("tight", "medium", "loose"), "has-spiral-arms_yes"),
-        _q("spiral-arm-count", ("1", "2", "3", "4", "more-than-4", "cant-tell"),
-           "has-spiral-arms_yes"),  # fmt: skip
+        _q(
+            "spiral-arm-count",
+            ("1", "2", "3", "4", "more-than-4", "cant-tell"),
+            "has-spiral-arms_yes",
+        ),
         _q("merging", ("none", "minor-disturbance", "major-disturbance", "merger")),
     ),
 )
@@ -206,22 +209,43 @@ DECALS = Schema(
 GZ2 = Schema(
     "gz2",
     (
-        _q("t01_smooth_or_features", ("a01_smooth", "a02_features_or_disk",
-                                      "a03_star_or_artifact")),  # fmt: skip
+        _q(
+            "t01_smooth_or_features", ("a01_smooth", "a02_features_or_disk", "a03_star_or_artifact")
+        ),
         _q("t02_edgeon", ("a04_yes", "a05_no"), "t01_smooth_or_features_a02_features_or_disk"),
         _q("t03_bar", ("a06_bar", "a07_no_bar"), "t02_edgeon_a05_no"),
         _q("t04_spiral", ("a08_spiral", "a09_no_spiral"), "t02_edgeon_a05_no"),
-        _q("t05_bulge_prominence", ("a10_no_bulge", "a11_just_noticeable", "a12_obvious",
-                                    "a13_dominant"), "t02_edgeon_a05_no"),  # fmt: skip
+        _q(
+            "t05_bulge_prominence",
+            ("a10_no_bulge", "a11_just_noticeable", "a12_obvious", "a13_dominant"),
+            "t02_edgeon_a05_no",
+        ),
         _q("t06_odd", ("a14_yes", "a15_no")),
-        _q("t07_rounded", ("a16_completely_round", "a17_in_between", "a18_cigar_shaped"),
-           "t01_smooth_or_features_a01_smooth"),  # fmt: skip
-        _q("t08_odd_feature", ("a19_ring", "a20_lens_or_arc", "a21_disturbed", "a22_irregular",
-                               "a23_other", "a24_merger", "a38_dust_lane"), "t06_odd_a14_yes"),
+        _q(
+            "t07_rounded",
+            ("a16_completely_round", "a17_in_between", "a18_cigar_shaped"),
+            "t01_smooth_or_features_a01_smooth",
+        ),
+        _q(
+            "t08_odd_feature",
+            (
+                "a19_ring",
+                "a20_lens_or_arc",
+                "a21_disturbed",
+                "a22_irregular",
+                "a23_other",
+                "a24_merger",
+                "a38_dust_lane",
+            ),
+            "t06_odd_a14_yes",
+        ),
         _q("t09_bulge_shape", ("a25_rounded", "a26_boxy", "a27_no_bulge"), "t02_edgeon_a04_yes"),
         _q("t10_arms_winding", ("a28_tight", "a29_medium", "a30_loose"), "t04_spiral_a08_spiral"),
-        _q("t11_arms_number", ("a31_1", "a32_2", "a33_3", "a34_4", "a36_more_than_4",
-                               "a37_cant_tell"), "t04_spiral_a08_spiral"),  # fmt: skip
+        _q(
+            "t11_arms_number",
+            ("a31_1", "a32_2", "a33_3", "a34_4", "a36_more_than_4", "a37_cant_tell"),
+            "t04_spiral_a08_spiral",
+        ),
     ),
 )
 
