@@ -7,15 +7,17 @@ galaxies that were asked). Sets: ``test`` (in distribution: the training surveys
 split), ``ood_<survey>`` (each held-out survey) and ``real`` (the real galaxies, fractions
 only: the sim-to-real case).
 
-Metrics (:func:`astrobatch.evaluate.metrics.fraction_metrics` over the answers a galaxy was
-asked, weight > 0): per answer ``<set>/<answer>/{r,r2,r_squared,mae,mse}`` and overall
-``<set>/{r,r2,r_squared,mae,mse}`` (all asked (galaxy, answer) pairs pooled);
+Metrics (:func:`astrobatch.evaluate.metrics.fraction_metrics` over the answers a galaxy
+was asked, by at least ``evaluate.min_asked_share`` of its volunteers: :func:`counted`):
+per answer ``<set>/<answer>/{r,r2,r_squared,mae,mse}`` and overall
+``<set>/{r,r2,r_squared,mae,mse}`` (all counted (galaxy, answer) pairs pooled);
 ``head_only/<set>/...`` and ``baseline/train_mean/<set>/...`` the same for the other
-models; ``<set>/degradation/<m>`` = OOD minus in-distribution value (``mse``, ``mae``:
-positive is worse; ``r``: negative is worse); ``test/answers_beating_baseline`` (answers
-whose test MSE is below the baseline's, of ``n_answers``); with the Dirichlet loss
-``<set>/coverage_68``, the share of asked answers whose observed fraction lies in the 68%
-predictive interval (beta-binomial marginal of the Dirichlet-multinomial).
+models; ``<set>/degradation/<m>`` = OOD minus in-distribution value of every metric
+(``mse``, ``mae``: positive is worse; ``r``, ``r2``, ``r_squared``: negative is worse);
+``test/answers_beating_baseline`` (answers whose test MSE is below the baseline's, of
+``n_answers``); with the Dirichlet loss ``<set>/coverage_68`` (and per answer
+``<set>/<answer>/coverage_68``), the share of counted answers whose observed fraction lies
+in the 68% predictive interval (beta-binomial marginal of the Dirichlet-multinomial).
 """
 
 from __future__ import annotations
@@ -73,18 +75,33 @@ def predict_set(task: VoteTask, dataset, batch_size: int) -> tuple[np.ndarray, n
     return np.concatenate(fr), np.concatenate(raw)
 
 
-def set_metrics(prefix: str, pred: np.ndarray, targets: np.ndarray, answers: list[str]
-                ) -> dict[str, float]:  # fmt: skip
+def counted(targets: np.ndarray, min_asked_share: float) -> np.ndarray:
+    """Which (galaxy, answer) pairs the metrics count, bool (n, A).
+
+    An answer counts when its question was asked (weight > 0) and, for vote counts, of at
+    least ``min_asked_share`` of the galaxy's volunteers (its question's votes over the most
+    votes of any question, the first one): a fraction from two votes down the tree is mostly
+    noise. Walmsley et al. (2022, arXiv:2102.08414) evaluate GZ DECaLS questions on the
+    galaxies where at least half the volunteers were asked. Fraction-only rows (weight 1)
+    count wherever a fraction is given.
+    """
+    w = targets[:, 2].astype(float)
+    top = np.maximum(w.max(axis=1, keepdims=True), 1e-12)
+    return (w > 0) & (w >= min_asked_share * top)
+
+
+def set_metrics(prefix: str, pred: np.ndarray, targets: np.ndarray, answers: list[str],
+                keep: np.ndarray) -> dict[str, float]:  # fmt: skip
     """Overall and per-answer metrics of predictions ``(n, A)`` against targets ``(n, 3, A)``.
 
-    Only asked answers (weight > 0) count; answers never asked in the set are skipped.
+    Only the pairs ``keep`` (:func:`counted`) count; answers with fewer than 2 galaxies
+    are skipped.
     """
-    frac, weight = targets[:, 0].astype(float), targets[:, 2]
-    asked = weight > 0
-    out = {f"{prefix}/{k}": v for k, v in fraction_metrics(pred[asked], frac[asked]).items()
+    frac = targets[:, 0].astype(float)
+    out = {f"{prefix}/{k}": v for k, v in fraction_metrics(pred[keep], frac[keep]).items()
            if k in KEYS}  # fmt: skip
     for j, name in enumerate(answers):
-        sel = asked[:, j]
+        sel = keep[:, j]
         if sel.sum() >= 2:
             m = fraction_metrics(pred[sel, j], frac[sel, j])
             out.update({f"{prefix}/{name}/{k}": m[k] for k in KEYS})
@@ -139,34 +156,38 @@ def evaluate(params: MorphologyParams, paths: StudyPaths) -> dict[str, float]:
         pf, raw = predict_set(full, ds, bs)
         ph, _ = predict_set(head, ds, bs)
         preds[name] = (pf, ph, y)
-        metrics.update(set_metrics(name, pf, y, answers))
-        metrics.update(set_metrics(f"head_only/{name}", ph, y, answers))
+        keep = counted(y, params.evaluate.min_asked_share)
+        metrics.update(set_metrics(name, pf, y, answers, keep))
+        metrics.update(set_metrics(f"head_only/{name}", ph, y, answers, keep))
         metrics.update(set_metrics(f"baseline/train_mean/{name}", np.tile(base, (len(y), 1)),
-                                   y, answers))  # fmt: skip
+                                   y, answers, keep))  # fmt: skip
         if params.loss == "dirichlet" and (y[:, 1] > 0).any():
             totals = _question_totals(y[:, 1], qindex)
             lo, hi = predictive_interval(raw, totals, qindex, params.evaluate.interval)
-            asked = (y[:, 2] > 0) & (totals > 0)
-            metrics[f"{name}/coverage_68"] = float(interval_coverage(lo, hi, y[:, 0], asked))
+            ok = keep & (totals > 0)
+            metrics[f"{name}/coverage_68"] = float(interval_coverage(lo, hi, y[:, 0], ok))
+            for j, a in enumerate(answers):
+                if ok[:, j].sum() >= 2:
+                    metrics[f"{name}/{a}/coverage_68"] = float(interval_coverage(
+                        lo[:, j], hi[:, j], y[:, 0, j], ok[:, j]))  # fmt: skip
         with open_shard(Path(prepared_dir) / f"{name}.h5", require=("galaxy_id", "survey")) as f:
             ids, surveys = f.read("galaxy_id"), f.read("survey")
+        votes = _question_totals(y[:, 1], qindex)
         for j, a in enumerate(answers):
-            asked = y[:, 2, j] > 0
-            if asked.any():
+            sel = keep[:, j]
+            if sel.any():
                 rows.append(pd.DataFrame({
-                    "set": name, "galaxy_id": ids[asked], "survey": surveys[asked], "answer": a,
-                    "fraction_true": y[asked, 0, j], "fraction_pred": pf[asked, j],
-                    "fraction_pred_head_only": ph[asked, j], "votes": y[asked, 2, j]
-                    if y[:, 1].any() else 0.0,
+                    "set": name, "galaxy_id": ids[sel], "survey": surveys[sel], "answer": a,
+                    "fraction_true": y[sel, 0, j], "fraction_pred": pf[sel, j],
+                    "fraction_pred_head_only": ph[sel, j], "question_votes": votes[sel, j],
                 }))  # fmt: skip
     for name in names[1:]:
         if name.startswith("ood_") and "test/mse" in metrics:
-            for k in ("mse", "mae", "r"):
-                metrics[f"{name}/degradation/{k}"] = metrics[f"{name}/{k}"] - metrics[f"test/{k}"]
-                hk = f"head_only/{name}/{k}"
-                metrics[f"head_only/{name}/degradation/{k}"] = (
-                    metrics[hk] - metrics[f"head_only/test/{k}"]
-                )
+            for k in KEYS:  # OOD minus in distribution: + is worse for mse, mae; - for r, r2
+                for pre in ("", "head_only/"):
+                    metrics[f"{pre}{name}/degradation/{k}"] = (
+                        metrics[f"{pre}{name}/{k}"] - metrics[f"{pre}test/{k}"]
+                    )
     beats = [metrics[f"test/{a}/mse"] < metrics[f"baseline/train_mean/test/{a}/mse"]
              for a in answers if f"test/{a}/mse" in metrics]  # fmt: skip
     metrics["test/answers_beating_baseline"] = int(sum(beats))
@@ -219,8 +240,8 @@ def _plots(params, paths: StudyPaths, plots_dir, data, preds, answers, metrics) 
                        "full model: per-answer r, in distribution vs held out")  # fmt: skip
     panels = {}
     for name, (pf, _, y) in preds.items():
-        asked = y[:, 2] > 0
-        panels[name] = (pf[asked], y[:, 0][asked])
+        keep = counted(y, params.evaluate.min_asked_share)
+        panels[name] = (pf[keep], y[:, 0][keep])
     plots.pred_vs_true_panels(panels, plots_dir / "pred_vs_true.png", "vote fraction")
     # examples: images with their votes (first question) against the prediction
     name = "test"

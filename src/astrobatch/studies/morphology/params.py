@@ -213,6 +213,11 @@ class MorphologyEvaluate(Strict):
 
     n_examples: int = Field(8, ge=1, le=64, description="example galaxies drawn with votes")
     interval: float = Field(0.68, gt=0, lt=1, description="predictive interval of fractions")
+    min_asked_share: Fraction = Field(
+        0.5,
+        description="metrics count an answer when its question was asked of at least this "
+        "share of the galaxy's volunteers (Walmsley et al. 2022; 0: whenever asked)",
+    )
 
 
 class MorphologyParams(Strict):
