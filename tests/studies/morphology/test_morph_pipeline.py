@@ -115,3 +115,23 @@ def test_local_weights_round_trip_and_finetune_on_real(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty"):
         train_head(params(p.data, model={"weights_dir": str(tmp_path / "empty")}), head)
+
+
+def test_head_stage_embeds_each_image_once(surveys, prepared, tmp_path, monkeypatch):
+    """The frozen backbone runs once per image (embeddings), never during the head's epochs."""
+    from astrobatch.nn.vit import Dinov2Backbone
+
+    seen = []
+    forward = Dinov2Backbone.forward
+
+    def counting(self, x):
+        seen.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(Dinov2Backbone, "forward", counting)
+    p = params(data_params(surveys), head={"max_epochs": 3, "patience": 5})
+    head, _, _ = paths(tmp_path, prepared)
+    state = train_head(p, head)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    n_images = sum(manifest["counts"][s] for s in ("train", "val", "test"))
+    assert state["epochs_trained"] == 3 and sum(seen) == n_images
