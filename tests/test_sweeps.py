@@ -74,7 +74,15 @@ EXPECTED = {
 
 def test_real_sweeps_file_validates():
     found = sweeps.load_sweeps(SWEEPS, PARAMS)
-    assert list(found) == ["star_sets_models", "cluster_age_radius", "cluster_age_cases"]
+    assert list(found) == [
+        "star_sets_models",
+        "cluster_age_radius",
+        "cluster_age_cases",
+        "morphology_surveys",
+        "morphology_losses",
+        "morphology_backbones",
+    ]
+    assert found["morphology_surveys"].n_experiments() == 9
     models = found["star_sets_models"]
     assert models.study == "star_sets" and models.n_experiments() == 9
     assert models.grids == [
@@ -97,7 +105,12 @@ def test_list():
     r = runner.invoke(sweeps.app, ["list", *FILES])
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == list(EXPECTED)
+    names = [line.split()[0] for line in lines]
+    assert names[: len(EXPECTED)] == list(EXPECTED) and names[len(EXPECTED) :] == [
+        "morphology_surveys",
+        "morphology_losses",
+        "morphology_backbones",
+    ]
     assert "54 experiments in 1 grid(s), 2 comparison(s)" in lines[1]
 
 

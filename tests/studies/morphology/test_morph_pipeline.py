@@ -23,8 +23,9 @@ TINY_TRAIN = {"batch_size": 16, "max_epochs": 2, "patience": 2}
 
 
 def params(data, **kw) -> MorphologyParams:
-    base = {"seed": 1, "data": data.model_dump(), "model": TINY_MODEL, "head": TINY_TRAIN,
-            "full": TINY_TRAIN, "evaluate": {"n_examples": 2}}  # fmt: skip
+    base = {"seed": 1, "data": data.model_dump(), "model": dict(TINY_MODEL),
+            "head": dict(TINY_TRAIN), "full": dict(TINY_TRAIN),
+            "evaluate": {"n_examples": 2}}  # fmt: skip
     for k, v in kw.items():
         if isinstance(v, dict):
             base.setdefault(k, {}).update(v)
