@@ -36,7 +36,7 @@ from astrobatch.io.atomic import read_manifest
 from astrobatch.studies.morphology.params import MorphologyParams
 from astrobatch.studies.morphology.train import VoteTask, image_datasets, image_transform, load_task
 from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
-from astrobatch.tasks.votes import interval_coverage, predictive_interval
+from astrobatch.tasks.votes import expected_fractions, interval_coverage, predictive_interval
 
 log = logging.getLogger(__name__)
 KEYS = ("r", "r2", "r_squared", "mae", "mse")
@@ -68,10 +68,11 @@ def predict_set(task: VoteTask, dataset, batch_size: int) -> tuple[np.ndarray, n
     fr, raw = [], []
     for a in range(0, len(dataset), batch_size):
         b = dataset.__getitems__(list(range(a, min(a + batch_size, len(dataset)))))
-        out = task(b["x"])
+        out = task(b["x"])  # one forward pass; Dirichlet fractions are its normalised mean
         raw.append(out.double().numpy())
-        fr.append(task.fractions(b["x"]).double().numpy() if task.kind == "dirichlet"
-                  else out.double().numpy())  # fmt: skip
+        f = expected_fractions(out, task.qindex, task.n_questions) if task.kind == "dirichlet" \
+            else out  # fmt: skip
+        fr.append(f.double().numpy())
     return np.concatenate(fr), np.concatenate(raw)
 
 
