@@ -63,6 +63,22 @@ def test_pooled_output_is_the_layernormed_cls_token():
     assert torch.equal(enc(x), out.last_hidden_state[:, 0])
 
 
+def test_cls_mean_pooling_appends_the_mean_patch_token(saved):
+    """cls_mean: [CLS, mean of the layer-normed patch tokens], twice the width; same weights."""
+    folder, cls_enc = saved
+    enc = Dinov2Backbone.from_pretrained(folder, pooling="cls_mean")
+    assert enc.out_features == 2 * cls_enc.out_features
+    x = enc.normalise(torch.rand(2, 3, 32, 32))
+    with torch.no_grad():
+        feats = enc(x)
+        tokens = enc.model(pixel_values=x).last_hidden_state
+    assert feats.shape == (2, 64)
+    torch.testing.assert_close(feats[:, :32], cls_enc(x))
+    torch.testing.assert_close(feats[:, 32:], tokens[:, 1:].mean(dim=1))
+    with pytest.raises(ValueError, match="pooling"):
+        Dinov2Backbone.from_config(small_dinov2_config(**TINY), pooling="max")
+
+
 def test_patch14_config_takes_64px_images():
     enc = tiny_backbone(patch_size=14, image_size=224)  # 16 x 16 positions -> 4 x 4 patches
     assert enc(torch.randn(2, 3, 64, 64)).shape == (2, 32)

@@ -89,6 +89,8 @@ _PICKLED = (
 )
 #: Parameters a checkpoint may lack without harm (used only with ``bool_masked_pos``).
 _OPTIONAL_KEYS = frozenset({"embeddings.mask_token"})
+#: Feature poolings of :class:`Dinov2Backbone`.
+POOLINGS = ("cls", "cls_mean")
 
 
 def small_dinov2_config(
@@ -322,6 +324,12 @@ class Dinov2Backbone(nn.Module):
         Channel statistics of the input normalisation the weights expect
         (default ImageNet's for 3 channels); not applied by :meth:`forward`,
         see :meth:`normalise`.
+    pooling : {"cls", "cls_mean"}
+        ``"cls"``: the final-layer-normed CLS token (``pooler_output``, D
+        features; the seed's choice). ``"cls_mean"``: the CLS token and the
+        mean of the final-layer-normed patch tokens concatenated (2D
+        features): the linear-evaluation features of DINOv2 (Oquab et al.
+        2023, arXiv:2304.07193, section 7.1).
 
     Attributes
     ----------
@@ -329,7 +337,7 @@ class Dinov2Backbone(nn.Module):
         Saved under ``model.*`` in state dicts (Hugging Face key names after).
     config : transformers.Dinov2Config
     out_features : int
-        D, the hidden size.
+        D, the hidden size (2D with ``pooling="cls_mean"``).
     patch_size : int
         Side of the patches, pixels.
     mean, std : tuple of float
@@ -363,11 +371,15 @@ class Dinov2Backbone(nn.Module):
         model: Dinov2Model,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        pooling: str = "cls",
     ):
         super().__init__()
         if not isinstance(model, Dinov2Model):
             raise TypeError(f"expected a transformers.Dinov2Model, got {type(model).__name__}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.model = model
+        self.pooling = pooling
         default_mean, default_std = _channel_stats(None, int(model.config.num_channels))
         self.mean = tuple(float(v) for v in (default_mean if mean is None else mean))
         self.std = tuple(float(v) for v in (default_std if std is None else std))
@@ -379,8 +391,8 @@ class Dinov2Backbone(nn.Module):
 
     @property
     def out_features(self) -> int:
-        """D, width of the output features (the hidden size)."""
-        return int(self.model.config.hidden_size)
+        """Width of the output features: D, the hidden size (2D with ``cls_mean``)."""
+        return int(self.model.config.hidden_size) * (2 if self.pooling == "cls_mean" else 1)
 
     @property
     def patch_size(self) -> int:
@@ -394,14 +406,15 @@ class Dinov2Backbone(nn.Module):
         config: Dinov2Config,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        pooling: str = "cls",
     ) -> Dinov2Backbone:
         """A backbone with random weights of ``config`` (e.g. :func:`small_dinov2_config`)."""
         if getattr(config, "model_type", None) != "dinov2":
             raise TypeError(f"expected a Dinov2Config, got {type(config).__name__}")
-        return cls(Dinov2Model(config), mean, std)
+        return cls(Dinov2Model(config), mean, std, pooling)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> Dinov2Backbone:
+    def from_pretrained(cls, path: str | Path, pooling: str = "cls") -> Dinov2Backbone:
         """Load local DINOv2 weights (safetensors only, never a download).
 
         Parameters
@@ -409,6 +422,8 @@ class Dinov2Backbone(nn.Module):
         path : str or pathlib.Path
             A ``save_pretrained`` folder, a hub cache repository folder or one
             of its snapshots (:func:`resolve_weights_dir`).
+        pooling : {"cls", "cls_mean"}
+            The output features (see the class).
 
         Returns
         -------
@@ -467,7 +482,7 @@ class Dinov2Backbone(nn.Module):
             raise InputError(
                 "weights do not fit the config: " + ", ".join(problems) + " parameters", folder
             )
-        return cls(model, mean, std).eval()
+        return cls(model, mean, std, pooling).eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` to ``path``.
@@ -491,14 +506,19 @@ class Dinov2Backbone(nn.Module):
         return imagenet_normalise(x, self.mean, self.std)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Features ``(B, D)``: the final-layer-normed CLS token of normalised images ``x``."""
+        """Features ``(B, out_features)`` of normalised images ``x`` (see ``pooling``)."""
         if x.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(x.shape)}")
-        return self.model(pixel_values=x).pooler_output
+        out = self.model(pixel_values=x)
+        if self.pooling == "cls":
+            return out.pooler_output
+        tokens = out.last_hidden_state  # (B, 1 + registers + patches, D), layer-normed
+        n_patches = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
+        return torch.cat([out.pooler_output, tokens[:, -n_patches:].mean(dim=1)], dim=1)
 
 
 def build_backbone(
-    weights_dir: str | Path | None = None, **small_config_kwargs: int
+    weights_dir: str | Path | None = None, pooling: str = "cls", **small_config_kwargs: int
 ) -> Dinov2Backbone:
     """Pretrained DINOv2 from a local folder, or a random small one.
 
@@ -507,6 +527,8 @@ def build_backbone(
     weights_dir : str or pathlib.Path or None
         Local weights (:meth:`Dinov2Backbone.from_pretrained`); None: random
         weights of :func:`small_dinov2_config`.
+    pooling : {"cls", "cls_mean"}
+        The output features (:class:`Dinov2Backbone`).
     **small_config_kwargs
         Arguments of :func:`small_dinov2_config` (only without ``weights_dir``).
 
@@ -532,5 +554,5 @@ def build_backbone(
             raise ValueError(
                 f"config arguments {sorted(small_config_kwargs)} cannot change pretrained weights"
             )
-        return Dinov2Backbone.from_pretrained(weights_dir)
-    return Dinov2Backbone.from_config(small_dinov2_config(**small_config_kwargs))
+        return Dinov2Backbone.from_pretrained(weights_dir, pooling)
+    return Dinov2Backbone.from_config(small_dinov2_config(**small_config_kwargs), pooling=pooling)

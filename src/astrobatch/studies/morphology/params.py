@@ -170,6 +170,10 @@ class BackboneParams(Strict):
     num_hidden_layers: PositiveInt = Field(3, description="small config: transformer blocks")
     num_attention_heads: PositiveInt = Field(3, description="small config: heads")
     patch_size: PositiveInt = Field(8, description="small config: patch side, pixels")
+    pooling: Literal["cls", "cls_mean"] = Field(
+        "cls", description="ViT features: the CLS token (the seed's) or CLS + mean patch "
+        "token (DINOv2's linear-evaluation features)",
+    )  # fmt: skip
     conv_channels: list[PositiveInt] = Field(
         default_factory=lambda: [16, 32, 64], description="backbone: convnet widths"
     )

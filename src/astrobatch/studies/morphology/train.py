@@ -78,9 +78,9 @@ def build_encoder(params: MorphologyParams, image_size: int) -> nn.Module:
     from astrobatch.nn.vit import build_backbone
 
     if m.weights_dir:  # the local folder's own config; the small-config params do not apply
-        return build_backbone(m.weights_dir)
+        return build_backbone(m.weights_dir, m.pooling)
     return build_backbone(
-        None, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
+        None, m.pooling, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
         num_attention_heads=m.num_attention_heads, patch_size=m.patch_size,
         image_size=image_size,
     )  # fmt: skip
