@@ -28,6 +28,12 @@ Models
     Self-attention blocks (SAB, or ISAB with inducing points for large sets),
     pooling by multi-head attention (PMA, one seed) and an MLP
     (Lee et al. 2019, "Set Transformer", arXiv:1810.00825).
+:class:`JanossyPooling`
+    k-ary Janossy pooling: phi MLP on sampled k-tuples of elements
+    (concatenated), mean over tuples, rho MLP (Murphy et al. 2019, "Janossy
+    Pooling", arXiv:1811.01900). Sampled, so permutation invariant in
+    distribution in training; deterministic and exactly permutation invariant
+    in eval mode (tuples drawn in a canonical order, see the class).
 
 :func:`build_set_model` builds one of them by name from plain keyword
 arguments (a study passes its params' fields, ``**params.model.model_dump()``).
@@ -45,12 +51,14 @@ __all__ = [
     "PMA",
     "SAB",
     "DeepSets",
+    "JanossyPooling",
     "SetTransformer",
     "SummaryStats",
     "build_set_model",
     "count_parameters",
     "masked_summary_statistics",
     "mlp",
+    "sample_tuples",
 ]
 
 #: Names of the per-feature statistics of :func:`masked_summary_statistics`, in column order.
@@ -658,6 +666,338 @@ class SetTransformer(nn.Module):
         return self.rho(self.norm(pooled))
 
 
+# --------------------------------------------------------------------------- janossy pooling
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(v: Tensor) -> Tensor:
+    """A 32-bit integer mixing function on int64 tensors (values in ``[0, 2**32)``).
+
+    The "lowbias" finaliser ``v ^= v >> 16; v *= 0x45d9f3b`` (twice) of Chris
+    Wellons' hash-prospector. Every product stays below ``2**59``, so int64
+    arithmetic never overflows and the result is the same on every device.
+    """
+    v = v & _MASK32
+    v = (((v >> 16) ^ v) * 0x45D9F3B) & _MASK32
+    v = (((v >> 16) ^ v) * 0x45D9F3B) & _MASK32
+    return (v >> 16) ^ v
+
+
+def _counter_keys(seed: int, stream: int, t: Tensor, j: Tensor) -> Tensor:
+    """Pseudo-random 32-bit keys ``(len(t), len(j))``, a pure function of (seed, stream, t, j).
+
+    A counter-based generator: unlike ``torch.rand`` with a generator, the key of
+    (tuple ``t``, position ``j``) does not depend on the batch size or the padded
+    length, which is what makes eval outputs padding and batch invariant.
+    """
+    base = _hash32(torch.full((), (seed & _MASK32) ^ (0x9E3779B9 * (stream + 1) & _MASK32)))
+    base = base.to(t.device)
+    ht = _hash32(base ^ _hash32(t + 0x632BE5AB))  # (T,)
+    return _hash32(ht.view(-1, 1) ^ _hash32(j + 0x85EBCA6B).view(1, -1))
+
+
+def _canonical_order(x: Tensor, mask: Tensor, projection: Tensor) -> Tensor:
+    """Permutation-invariant order of each set: real elements first, in a canonical order.
+
+    Elements are sorted lexicographically by ``(is padding, x @ projection,
+    x[..., 0], ..., x[..., F-1])`` with stable sorts (least significant key
+    first). Two elements tie on every key only if their features are equal,
+    so the *sequence of features* in canonical order depends only on the set,
+    not on how its elements are ordered or padded. The projection is evaluated
+    as an explicit elementwise sum (not a matmul), so its value for a given
+    row is bit-identical wherever the row sits in the batch.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, N), int64
+        ``order[b, j]`` is the index (into ``x[b]``) of canonical position ``j``;
+        positions ``j < n_b`` are the real elements.
+    """
+    B, N, nf = x.shape
+    proj = torch.zeros(B, N, dtype=x.dtype, device=x.device)
+    w = projection.to(x.dtype)
+    for f in range(nf):  # a loop over features (not over sets): fixed summation order
+        proj = proj + x[..., f] * w[f]
+    keys = [(~mask).to(x.dtype), proj] + [x[..., f] for f in range(nf)]
+    order = torch.arange(N, device=x.device).expand(B, N)
+    for key in reversed(keys):
+        step = key.gather(1, order).sort(dim=1, stable=True).indices
+        order = order.gather(1, step)
+    return order
+
+
+def sample_tuples(
+    x: Tensor,
+    mask: Tensor,
+    k: int,
+    n_tuples: int,
+    *,
+    deterministic: bool,
+    seed: int = 0,
+    projection: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Indices of ``n_tuples`` sampled k-tuples of real elements per set, and their weights.
+
+    The tuple sampler of :class:`JanossyPooling`, vectorised over the batch (no
+    Python loop over sets). ``x`` and ``mask`` must already be validated
+    (padded slots zeroed, ``N >= 1``), as :class:`JanossyPooling` does.
+
+    *Random* (``deterministic=False``, training): every tuple is an
+    independent, uniformly distributed ordered k-tuple of distinct real
+    elements: the first k of the argsort of i.i.d. ``U(0, 1)`` keys (padded
+    slots get the key 2, so they sort last), drawn from torch's global RNG.
+    Weights are ``1 / n_tuples``.
+
+    *Deterministic* (``deterministic=True``, evaluation): the elements are put
+    in a canonical, permutation-invariant order (see :func:`_canonical_order`;
+    needs ``projection``), then tuples are drawn in that order from a
+    counter-based hash generator keyed by (seed, tuple index, canonical
+    position), so the result depends only on the set's contents. The first
+    slot is *stratified*: tuple ``t`` starts with element ``pi[t mod n]`` of a
+    pseudo-random permutation ``pi`` of the n real elements, and the other
+    ``k - 1`` slots are distinct elements drawn uniformly from the rest. Each
+    tuple is weighted ``1 / (min(n, T) c)``, where ``c`` is how many tuples
+    share its first element, so the weighted mean is an average over the
+    first-slot elements of the per-element tuple means: an unbiased estimate
+    of the k-ary Janossy average with lower variance than plain sampling, and
+    for ``k = 1`` with ``n_tuples >= n`` exactly the mean over the elements.
+
+    Sets with ``n < k`` real elements (n >= 1): a tuple holds all n elements
+    in a random order, then repeats them cyclically (slot ``s`` holds the
+    element of slot ``s mod n``), so multiplicities differ by at most one.
+    Empty sets get tuples of (zeroed) padded slots; callers discard them.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, N, F), float
+        Validated padded batch (padded slots are 0), ``N >= 1``.
+    mask : torch.Tensor, shape (B, N), bool
+        True = real element.
+    k : int
+        Tuple length (>= 1).
+    n_tuples : int
+        Tuples per set, T (>= 1).
+    deterministic : bool
+        Canonical, seeded draws (eval) instead of random ones (training).
+    seed : int
+        Seed of the deterministic draws.
+    projection : torch.Tensor, shape (F,), optional
+        Sort key of the canonical order; required if ``deterministic``.
+
+    Returns
+    -------
+    index : torch.Tensor, shape (B, T, k), int64
+        ``x[b, index[b, t, s]]`` is slot ``s`` of tuple ``t`` of set ``b``.
+    weights : torch.Tensor, shape (B, T), dtype of ``x``
+        Non-negative, summing to 1 over ``T`` for every set.
+
+    Examples
+    --------
+    >>> x, mask = torch.randn(2, 4, 3), torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]]).bool()
+    >>> index, weights = sample_tuples(x, mask, k=2, n_tuples=5, deterministic=False)
+    >>> index.shape, bool((index[0] < 3).all()), bool((index[0, :, 0] != index[0, :, 1]).all())
+    (torch.Size([2, 5, 2]), True, True)
+    >>> index[1].unique().tolist()  # one real element: the tuple repeats it
+    [0]
+    """
+    B, N, _ = x.shape
+    dev = x.device
+    n = mask.sum(dim=1)  # (B,)
+    n1 = n.clamp_min(1)
+    kk = min(k, N)
+    if not deterministic:
+        keys = torch.rand(B, n_tuples, N, device=dev)
+        keys = keys.masked_fill(~mask.unsqueeze(1), 2.0)
+        pos = keys.topk(kk, dim=2, largest=False, sorted=True).indices  # (B, T, kk), into x
+        weights = torch.full((B, n_tuples), 1.0 / n_tuples, dtype=x.dtype, device=dev)
+        order = None
+    else:
+        if projection is None:
+            raise ValueError("deterministic sampling needs the canonical-order projection")
+        order = _canonical_order(x, mask, projection)
+        j = torch.arange(N, device=dev)
+        t = torch.arange(n_tuples, device=dev)
+        valid = j.view(1, N) < n.view(B, 1)  # canonical positions of real elements
+        bits = max(1, (N - 1).bit_length())  # keys (hash << bits) | j are distinct per row
+        big = 1 << 62
+        # first slots: a pseudo-random permutation pi of the real positions, cycled
+        key0 = (_counter_keys(seed, 0, t[:1], j)[0] << bits) | j  # (N,)
+        pi = torch.where(valid, key0.view(1, N), big + j).argsort(dim=1)  # (B, N)
+        i = t.view(1, -1) % n1.view(B, 1)  # (B, T)
+        first = pi.gather(1, i)  # (B, T)
+        # other slots: distinct uniformly drawn real positions, the first slot forced first
+        key = (_counter_keys(seed, 1, t, j) << bits) | j  # (T, N)
+        key = torch.where(valid.unsqueeze(1), key.unsqueeze(0), big + j)  # (B, T, N)
+        key = key.scatter(2, first.unsqueeze(-1), -1)
+        pos = key.topk(kk, dim=2, largest=False, sorted=True).indices  # canonical positions
+        count = (n_tuples // n1).view(B, 1) + (i < (n_tuples % n1).view(B, 1)).long()
+        m = n1.clamp_max(n_tuples).view(B, 1)
+        weights = 1.0 / (m * count).to(x.dtype)
+    slot = torch.arange(k, device=dev).view(1, 1, k) % n1.view(B, 1, 1)  # cyclic fill if n < k
+    pos = pos.gather(2, slot.expand(B, n_tuples, k))
+    if order is not None:
+        pos = order.gather(1, pos.reshape(B, n_tuples * k)).view(B, n_tuples, k)
+    return pos, weights
+
+
+class JanossyPooling(nn.Module):
+    """k-ary Janossy pooling with sampled tuples (Murphy et al. 2019, arXiv:1811.01900).
+
+    ``y = rho( mean_{tuples t} phi(x_{t_1} || ... || x_{t_k}) )``: phi is an
+    MLP on the concatenated features (``k F`` inputs) of an ordered k-tuple of
+    distinct real elements, the mean runs over sampled tuples, rho is an MLP on
+    the pooled vector. The exact k-ary Janossy average runs over *all*
+    ordered k-tuples (eq. 5 of the paper with ``f`` reading the first k
+    elements of each permutation); it is estimated by sampling:
+
+    - training (``model.train()``): ``n_tuples_train`` independent uniform
+      ordered k-tuples per set and per forward, from torch's global RNG (the
+      paper's pi-SGD: an unbiased estimate of the Janossy average, fresh each
+      step, so seeding torch seeds it);
+    - evaluation (``model.eval()``): ``n_tuples_eval`` tuples drawn
+      deterministically, in a canonical order of the elements, with a
+      stratified first slot and weights (see :func:`sample_tuples`).
+
+    Invariance, precisely. A sampled estimate is permutation invariant *in
+    distribution* (hence its expectation is). In training that is all there
+    is: two forwards differ even on the same input. In evaluation the output
+    is *exactly* permutation invariant (up to float rounding, not up to
+    sampling noise): before sampling, the elements are sorted by a
+    permutation-invariant key (a fixed random projection of the features,
+    ties broken by the features themselves; the projection is a buffer drawn
+    once from a fixed seed and saved with the model), and the tuples are
+    chosen by canonical position with a counter-based hash generator seeded by
+    ``eval_seed``. Two orderings of a set therefore give the same tuples of
+    feature vectors. Eval outputs are also independent of the padded length
+    and of the other sets in the batch; the tuples chosen use integer and
+    elementwise arithmetic only, so they should be the same on CPU and GPU
+    (outputs then agree to float rounding; checked on CPU only so far).
+    With ``k = 1`` and ``n_tuples_eval >= n`` the eval output equals a Deep
+    Sets mean-pooling model with the same phi and rho.
+
+    Sets smaller than k (``1 <= n < k``): each tuple holds all n elements in a
+    random order and repeats them cyclically to length k (sampling with
+    replacement would repeat some elements more than others). Empty sets give
+    ``rho(0)`` (pooled vector 0, like :class:`DeepSets`), the shared "no data"
+    output, with finite values and gradients.
+
+    Divergences from the paper, on purpose: the deterministic, canonical
+    eval sampling (the paper averages over freshly sampled permutations at
+    test time); the cyclic fill for ``n < k`` (the paper assumes ``n >= k``);
+    the defined output for empty sets; the optional set-size input of rho
+    (``count_feature``: the mean over tuples forgets the set size, which a
+    richness regression needs).
+
+    Parameters
+    ----------
+    in_features : int
+        Features per element, F.
+    hidden_dim : int
+        Width of phi's and rho's hidden layers and of the pooled representation.
+    k : int
+        Tuple length (>= 1); the paper's k. ``k = 1`` is Deep Sets with mean
+        pooling; cost and expressiveness grow with k.
+    n_tuples_train : int
+        Tuples sampled per set and forward in training (>= 1).
+    n_tuples_eval : int
+        Tuples per set in evaluation (>= 1).
+    phi_layers : int
+        Linear layers of phi (>= 1).
+    rho_layers : int
+        Linear layers of rho (>= 1).
+    out_features : int
+        Outputs per set.
+    count_feature : bool
+        Also give rho ``log1p(n)``, n the number of real elements (default False:
+        the paper's model).
+    eval_seed : int
+        Seed of the deterministic eval tuples.
+
+    Shape
+    -----
+    - x: ``(B, N, in_features)``, float32
+    - mask: ``(B, N)``, bool, True = real element
+    - output: ``(B, out_features)``, float32
+
+    Memory and time grow as ``B T k F`` for the tuples and ``B T N`` for the
+    sampling keys (T the number of tuples).
+
+    Raises
+    ------
+    ValueError
+        If ``k``, ``n_tuples_train`` or ``n_tuples_eval`` is below 1 (and on
+        malformed input, as every set model).
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> model = JanossyPooling(in_features=3, hidden_dim=16, k=2, n_tuples_eval=64).eval()
+    >>> x, mask = torch.randn(2, 5, 3), torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]).bool()
+    >>> y = model(x, mask)
+    >>> y.shape, bool(y.isfinite().all())
+    (torch.Size([2, 1]), True)
+    >>> perm = torch.tensor([2, 0, 1, 3, 4])  # reorder the real elements
+    >>> torch.allclose(model(x[:, perm], mask[:, perm]), y)
+    True
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_dim: int = 64,
+        k: int = 2,
+        n_tuples_train: int = 32,
+        n_tuples_eval: int = 256,
+        phi_layers: int = 2,
+        rho_layers: int = 2,
+        out_features: int = 1,
+        count_feature: bool = False,
+        eval_seed: int = 0,
+    ):
+        super().__init__()
+        for name, value in (
+            ("k", k),
+            ("n_tuples_train", n_tuples_train),
+            ("n_tuples_eval", n_tuples_eval),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.in_features = in_features
+        self.k = k
+        self.n_tuples_train = n_tuples_train
+        self.n_tuples_eval = n_tuples_eval
+        self.count_feature = count_feature
+        self.eval_seed = eval_seed
+        self.phi = mlp(k * in_features, hidden_dim, hidden_dim, phi_layers)
+        self.rho = mlp(hidden_dim + int(count_feature), hidden_dim, out_features, rho_layers)
+        g = torch.Generator().manual_seed(0x1A05)  # fixed: the canonical order is not learned
+        self.register_buffer("sort_projection", torch.randn(in_features, generator=g))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Predictions, ``(B, out_features)``; see the class docstring for shapes."""
+        x, mask = _check_sets(x, mask, self.in_features)
+        B, _, nf = x.shape
+        T = self.n_tuples_train if self.training else self.n_tuples_eval
+        index, weights = sample_tuples(
+            x,
+            mask,
+            self.k,
+            T,
+            deterministic=not self.training,
+            seed=self.eval_seed,
+            projection=self.sort_projection,
+        )
+        flat = index.reshape(B, T * self.k, 1).expand(B, T * self.k, nf)
+        tuples = x.gather(1, flat).reshape(B, T, self.k * nf)
+        h = self.phi(tuples)  # (B, T, H)
+        pooled = (h * weights.unsqueeze(-1).to(h.dtype)).sum(dim=1)
+        n = mask.sum(dim=1, keepdim=True)
+        pooled = torch.where(n > 0, pooled, torch.zeros((), dtype=h.dtype, device=h.device))
+        if self.count_feature:
+            pooled = torch.cat([pooled, torch.log1p(n.to(pooled.dtype))], dim=1)
+        return self.rho(pooled)
+
+
 # --------------------------------------------------------------------------- factory
 def build_set_model(
     name: str,
@@ -671,6 +1011,10 @@ def build_set_model(
     num_heads: int = 4,
     num_blocks: int = 2,
     num_inducing: int = 0,
+    janossy_k: int = 2,
+    n_tuples_train: int = 32,
+    n_tuples_eval: int = 256,
+    janossy_count_feature: bool = False,
 ) -> nn.Module:
     """Build the set model called ``name`` with its hyper-parameters.
 
@@ -680,8 +1024,9 @@ def build_set_model(
 
     Parameters
     ----------
-    name : {"summary_stats", "deep_sets", "set_transformer"}
-        :class:`SummaryStats`, :class:`DeepSets` or :class:`SetTransformer`.
+    name : {"summary_stats", "deep_sets", "set_transformer", "janossy"}
+        :class:`SummaryStats`, :class:`DeepSets`, :class:`SetTransformer` or
+        :class:`JanossyPooling`.
     in_features : int
         Features per element, F.
     out_features : int
@@ -689,7 +1034,7 @@ def build_set_model(
     hidden_dim : int
         Width of the hidden layers (all models).
     phi_layers : int
-        Layers of the per-element MLP (``deep_sets``).
+        Layers of the per-element MLP (``deep_sets``) or per-tuple MLP (``janossy``).
     rho_layers : int
         Layers of the MLP after pooling (all models).
     pooling : {"mean", "sum"}
@@ -697,12 +1042,19 @@ def build_set_model(
     num_heads, num_blocks, num_inducing : int
         Attention heads, SAB/ISAB blocks and inducing points (0 = SAB) of the
         ``set_transformer``.
+    janossy_k : int
+        Tuple length k of ``janossy`` (2 for redshift, 10 for richness in
+        ``cluster_finder``).
+    n_tuples_train, n_tuples_eval : int
+        Tuples sampled per set in training and in evaluation (``janossy``).
+    janossy_count_feature : bool
+        Give ``janossy``'s rho the set size ``log1p(n)`` too.
 
     Returns
     -------
     torch.nn.Module
-        A :class:`SummaryStats`, :class:`DeepSets` or :class:`SetTransformer`
-        mapping ``(B, N, in_features)`` and a ``(B, N)`` bool mask to
+        A :class:`SummaryStats`, :class:`DeepSets`, :class:`SetTransformer` or
+        :class:`JanossyPooling` mapping ``(B, N, in_features)`` and a ``(B, N)`` bool mask to
         ``(B, out_features)``.
 
     Raises
@@ -728,8 +1080,21 @@ def build_set_model(
         return SetTransformer(
             in_features, hidden_dim, num_heads, num_blocks, num_inducing, rho_layers, out_features
         )
+    if name == "janossy":
+        return JanossyPooling(
+            in_features,
+            hidden_dim,
+            janossy_k,
+            n_tuples_train,
+            n_tuples_eval,
+            phi_layers,
+            rho_layers,
+            out_features,
+            count_feature=janossy_count_feature,
+        )
     raise ValueError(
-        f"unknown set model {name!r}; choose from 'summary_stats', 'deep_sets', 'set_transformer'"
+        f"unknown set model {name!r}; choose from "
+        "'summary_stats', 'deep_sets', 'set_transformer', 'janossy'"
     )
 
 
