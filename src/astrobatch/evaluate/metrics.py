@@ -191,3 +191,88 @@ def fraction_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
         "mse": float((d**2).mean()),
         "n": int(n),
     }
+
+
+def nmad(x: np.ndarray) -> float:
+    """Normalised median absolute deviation, ``1.4826 median(|x - median(x)|)``.
+
+    The robust estimate of a Gaussian's sigma (1.4826 = 1 / Φ⁻¹(3/4)).
+
+    Examples
+    --------
+    >>> round(nmad(np.array([-1.0, 0.0, 1.0, 100.0])), 4)
+    1.4826
+    """
+    x = np.asarray(x, float)
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def redshift_metrics(pred: np.ndarray, true: np.ndarray, outlier: float = 0.05) -> dict[str, float]:
+    """Photometric-redshift metrics of ``Δz / (1 + z)``.
+
+    Parameters
+    ----------
+    pred, true : numpy.ndarray, shape (n,)
+        Predicted and true redshifts.
+    outlier : float
+        ``|Δz / (1 + z)|`` above which a prediction is an outlier.
+
+    Returns
+    -------
+    dict
+        ``bias`` (median of ``Δz / (1 + z)``), ``sigma_nmad`` (:func:`nmad` of it, the
+        usual photo-z scatter, e.g. Brammer et al. 2008, arXiv:0807.1533),
+        ``outlier_fraction``, ``mean_abs`` (mean ``|Δz / (1 + z)|``), ``n``.
+
+    Raises
+    ------
+    ValueError
+        Empty or mismatched inputs.
+
+    Examples
+    --------
+    >>> m = redshift_metrics(np.array([0.11, 0.2, 0.5]), np.array([0.1, 0.2, 0.3]))
+    >>> round(m["bias"], 4), m["outlier_fraction"]
+    (0.0091, 0.3333333333333333)
+    """
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    if pred.shape != true.shape or pred.size == 0:
+        raise ValueError(f"expected equal non-empty shapes, got {pred.shape} and {true.shape}")
+    dz = (pred - true) / (1.0 + true)
+    return {
+        "bias": float(np.median(dz)),
+        "sigma_nmad": nmad(dz),
+        "outlier_fraction": float(np.mean(np.abs(dz) > outlier)),
+        "mean_abs": float(np.mean(np.abs(dz))),
+        "n": int(dz.size),
+    }
+
+
+def log_ratio_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Bias and scatter of ``log10(pred / true)`` (richness, mass), in dex.
+
+    Returns
+    -------
+    dict
+        ``bias_dex`` (mean), ``scatter_dex`` (standard deviation), ``nmad_dex``
+        (:func:`nmad`), ``n``.
+
+    Raises
+    ------
+    ValueError
+        Empty or mismatched inputs, or values <= 0.
+
+    Examples
+    --------
+    >>> m = log_ratio_metrics(np.array([10.0, 100.0]), np.array([10.0, 10.0]))
+    >>> m["bias_dex"], m["scatter_dex"]
+    (0.5, 0.5)
+    """
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    if pred.shape != true.shape or pred.size == 0:
+        raise ValueError(f"expected equal non-empty shapes, got {pred.shape} and {true.shape}")
+    if (pred <= 0).any() or (true <= 0).any():
+        raise ValueError("expected values > 0 for a log ratio")
+    d = np.log10(pred / true)
+    return {"bias_dex": float(d.mean()), "scatter_dex": float(d.std()), "nmad_dex": nmad(d),
+            "n": int(d.size)}  # fmt: skip

@@ -14,7 +14,8 @@ import pandas as pd
 from astrobatch.io.atomic import atomic_path
 
 
-def _save(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG (110 dpi) atomically, then close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -46,7 +47,7 @@ def pred_vs_true(
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel(f"predicted {label}")
     ax.legend(loc="upper left", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def residual_hist(residuals: dict[str, np.ndarray], path, label: str) -> None:
@@ -60,7 +61,7 @@ def residual_hist(residuals: dict[str, np.ndarray], path, label: str) -> None:
     ax.set_xlabel(f"residual (predicted - true) {label}")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def loss_curves(curves: dict[str, pd.DataFrame], path, ylabel: str = "Huber loss") -> None:
@@ -72,7 +73,7 @@ def loss_curves(curves: dict[str, pd.DataFrame], path, ylabel: str = "Huber loss
     ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def read_dvclive_curves(
@@ -127,7 +128,7 @@ def pred_vs_true_panels(panels: dict[str, tuple[np.ndarray, np.ndarray]], path, 
         ax.set_title(f"{name} (n={len(true)})")
         ax.set_xlabel(f"true {label}")
     axes[0][0].set_ylabel(f"predicted {label}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def histograms(series: dict[str, np.ndarray], path, label: str, log: bool = False) -> None:
@@ -144,7 +145,7 @@ def histograms(series: dict[str, np.ndarray], path, label: str, log: bool = Fals
     if log:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def cutout_examples(
@@ -188,7 +189,7 @@ def cutout_examples(
         axes[0][i].set_title(f"log age {log_age[i]:.2f}", fontsize=8)
     axes[0][0].set_ylabel("raw (mean of bands)", fontsize=8)
     axes[1][0].set_ylabel(f"model input ({keep.mean():.0%} kept)", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def grouped_bars(values: dict[str, dict[str, float]], path, ylabel: str, title: str = "") -> None:
@@ -218,4 +219,4 @@ def grouped_bars(values: dict[str, dict[str, float]], path, ylabel: str, title: 
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -33,4 +33,5 @@ STUDIES: dict[str, StudyEntry] = {
     "cluster_age": StudyEntry("astrobatch.studies.cluster_age", "ClusterAgeParams"),
     "stellar_xp": StudyEntry("astrobatch.studies.stellar_xp", "StellarXPParams"),
     "morphology": StudyEntry("astrobatch.studies.morphology", "MorphologyParams"),
+    "cluster_finder": StudyEntry("astrobatch.studies.cluster_finder", "ClusterFinderParams"),
 }

@@ -412,7 +412,7 @@ def _plots(plots_dir: Path, frames, bins: pd.DataFrame, recon, manifest) -> None
         ax.set_title(lab)
         ax.set_xlabel(f"true {lab} [{LABEL_UNITS.get(lab, '')}]")
         ax.set_ylabel(f"predicted median, q16-q84 [{LABEL_UNITS.get(lab, '')}]")
-    plots._save(fig, plots_dir / "pred_vs_true.png")
+    plots.save_figure(fig, plots_dir / "pred_vs_true.png")
 
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
     for ax, lab in zip(axes[0], labs, strict=True):
@@ -422,7 +422,7 @@ def _plots(plots_dir: Path, frames, bins: pd.DataFrame, recon, manifest) -> None
         ax.set_title(lab)
         ax.set_xlabel(f"true {lab} [{LABEL_UNITS.get(lab, '')}]")
         ax.set_ylabel(f"residual bias ± scatter [{LABEL_UNITS.get(lab, '')}]")
-    plots._save(fig, plots_dir / "residual_trends.png")
+    plots.save_figure(fig, plots_dir / "residual_trends.png")
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     nominal = [0.16, 0.5, 0.84]
@@ -434,7 +434,7 @@ def _plots(plots_dir: Path, frames, bins: pd.DataFrame, recon, manifest) -> None
     ax.set_xlabel("nominal quantile")
     ax.set_ylabel("fraction of true values below it")
     ax.legend(fontsize=8)
-    plots._save(fig, plots_dir / "calibration.png")
+    plots.save_figure(fig, plots_dir / "calibration.png")
 
     if recon:
         fig, axes = plt.subplots(1, len(recon), figsize=(5 * len(recon), 3.4), squeeze=False)
@@ -445,4 +445,4 @@ def _plots(plots_dir: Path, frames, bins: pd.DataFrame, recon, manifest) -> None
             ax.set_title(f"{name}: XP coefficients (solid) and reconstruction (dashed)", fontsize=8)
             ax.set_xlabel("coefficient (bp_1..bp_55, rp_1..rp_55)")
         axes[0][0].set_ylabel("scaled value")
-        plots._save(fig, plots_dir / "reconstruction_examples.png")
+        plots.save_figure(fig, plots_dir / "reconstruction_examples.png")

@@ -1,0 +1,301 @@
+"""cluster_finder evaluate: classifier, detector and member-set models against baselines.
+
+Metrics (test split; :data:`HEADLINE` go to ``metrics/cluster_finder.json``, everything to
+``reports/cluster_finder/metrics_full.json``):
+
+- ``classifier/{accuracy,roc_auc,precision,recall}`` at probability 0.5 (scikit-learn).
+- ``detector/{completeness,purity}`` at ``detection.score_threshold``: detections matched
+  one-to-one to true boxes at IoU >= ``detection.match_iou``
+  (:func:`astrobatch.evaluate.detection.completeness_purity`); completeness over the truths
+  with richness >= ``detection.min_richness``; purity over every detection above the
+  threshold, those on empty fields included (a detection matched to any true cluster is not
+  a false positive); ``detector/false_positives_empty`` (per empty field); ``detector/ap50``
+  (pycocotools AP at IoU 0.5); completeness per redshift and richness bin in the report.
+  The seed counted boxes per image without matching; we match boxes.
+- ``redshift/{bias,sigma_nmad,outlier_fraction}`` of ``Δz / (1 + z)``
+  (:func:`astrobatch.evaluate.metrics.redshift_metrics`), ``richness/{bias_dex,scatter_dex,
+  nmad_dex}`` of ``log10 λ_pred / λ_true`` and ``richness/mass_scatter_dex`` (the mass
+  proxy M = 10^14.344 (λ/40)^1.33 Msun scales it by 1.33); the same under
+  ``baseline/train_median/`` and ``baseline/gradient_boosting/``.
+- ``real/{redshift,richness}_{pred,redmapper}`` for the real cluster's members, and
+  ``reference/z_lambda_sigma_nmad``: redMaPPer's own Z_LAMBDA against BCG_SPEC_Z on the real
+  412-cluster table (the scatter a member-based redshift can reach).
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import pairwise
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from astrobatch.evaluate import plots
+from astrobatch.evaluate.detection import average_precision, completeness_purity
+from astrobatch.evaluate.metrics import log_ratio_metrics, redshift_metrics
+from astrobatch.io.shards import open_shard
+from astrobatch.studies.cluster_finder.catalogues import read_clusters
+from astrobatch.studies.cluster_finder.detect import (
+    detect_images,
+    load_classifier,
+    load_detector,
+    predict_images,
+)
+from astrobatch.studies.cluster_finder.geometry import mass_proxy
+from astrobatch.studies.cluster_finder.members import (
+    baselines,
+    load_members_model,
+    predict_sets,
+)
+from astrobatch.studies.cluster_finder.params import ClusterFinderParams
+from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
+
+log = logging.getLogger(__name__)
+#: Metrics shown by ``dvc exp show`` (at most 12).
+HEADLINE = (
+    "classifier/accuracy", "classifier/roc_auc", "detector/completeness", "detector/purity",
+    "detector/ap50", "redshift/sigma_nmad", "redshift/outlier_fraction",
+    "baseline/gradient_boosting/redshift/sigma_nmad", "richness/scatter_dex",
+    "baseline/gradient_boosting/richness/scatter_dex", "real/redshift_pred",
+    "real/richness_pred",
+)  # fmt: skip
+#: Score thresholds of the completeness / purity curves.
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+#: |Δz/(1+z)| above which a redshift is an outlier.
+OUTLIER = 0.05
+
+
+def _truths(shard: Path) -> tuple[list[np.ndarray], pd.DataFrame, np.ndarray]:
+    with open_shard(shard) as r:
+        ptr, xyxy = r.ptr("boxes"), r.read("boxes/xyxy")
+        meta = pd.DataFrame({k: r.read(f"boxes/{k}") for k in ("cluster_id", "z", "richness")})
+        label = r.read("label")
+    boxes = [xyxy[a:b] for a, b in pairwise(ptr)]
+    meta["image"] = np.repeat(np.arange(len(boxes)), np.diff(ptr))
+    return boxes, meta, label
+
+
+def classifier_metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Accuracy, ROC AUC, precision and recall of probabilities at 0.5 (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+
+    pred = (prob >= 0.5).astype(int)
+    y = label.astype(int)
+    two = len(np.unique(y)) == 2
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "roc_auc": float(roc_auc_score(y, prob)) if two else float("nan"),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+    }
+
+
+def detector_metrics(
+    dets: list, truths: list[np.ndarray], meta: pd.DataFrame, label, params: ClusterFinderParams
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Completeness, purity, AP@0.5 and the curves (see the module docstring).
+
+    Returns
+    -------
+    metrics : dict
+    curve : pandas.DataFrame
+        Per threshold: completeness (rich truths), purity, false positives on empty fields.
+    per_truth : pandas.DataFrame
+        ``meta`` plus ``detected`` at the score threshold and the matched score.
+    """
+    d = params.detection
+    images = [(b, s, t) for (b, s), t in zip(dets, truths, strict=True)]
+    thresholds = np.union1d(THRESHOLDS, [d.score_threshold])
+    cp = completeness_purity(images, thresholds, d.match_iou)
+    rich = meta["richness"].to_numpy() >= d.min_richness
+    table = cp.table.copy()
+    table["completeness"] = (cp.detected[rich].mean(axis=0) if rich.any()
+                             else np.full(len(thresholds), np.nan))  # fmt: skip
+    n_empty = max(int((np.asarray(label) == 0).sum()), 1)
+    table["false_positives_per_empty_field"] = table["n_false_positive_empty"] / n_empty
+    at = int(np.argmin(np.abs(thresholds - d.score_threshold)))
+    per_truth = meta.copy()
+    per_truth["detected"] = cp.detected[:, at]
+    per_truth["score"] = cp.truth_score
+    row = table.iloc[at]
+    m = {
+        "completeness": float(row["completeness"]),
+        "purity": float(row["purity"]),
+        "completeness_all": float(cp.detected[:, at].mean()) if len(meta) else float("nan"),
+        "false_positives_empty": float(row["false_positives_per_empty_field"]),
+        "ap50": float(average_precision(images, iou_threshold=0.5)),
+        "n_truths": int(rich.sum()),
+    }
+    return m, table, per_truth
+
+
+def _prefixed(prefix: str, m: dict) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in m.items()}
+
+
+def member_metrics(params: ClusterFinderParams, prepared: Path, models: Path
+                   ) -> tuple[dict, pd.DataFrame]:  # fmt: skip
+    """Redshift and richness metrics of the set models and baselines; the prediction table."""
+    metrics, frames = {}, []
+    for which in ("redshift", "richness"):
+        folder = prepared / f"members_{which}"
+        spec = getattr(params, which)
+        model = load_members_model(spec, folder, models / which)
+        test = predict_sets(model, folder, "test", spec.sampling, params.seed)
+        base = baselines(folder, "test", params.seed)
+        preds = {"model": test["prediction"], **base}
+        for name, pred in preds.items():
+            pre = which if name == "model" else f"baseline/{name}/{which}"
+            if which == "redshift":
+                metrics.update(_prefixed(pre, redshift_metrics(pred, test["target"], OUTLIER)))
+            else:
+                m = log_ratio_metrics(np.maximum(pred, 1e-3), test["target"])
+                m["mass_scatter_dex"] = float(np.std(np.log10(
+                    mass_proxy(np.maximum(pred, 1e-3)) / mass_proxy(test["target"]))))  # fmt: skip
+                metrics.update(_prefixed(pre, m))
+        frames.append(pd.DataFrame({
+            "target": which, "cluster_id": test["cluster_id"], "n_members": test["n_members"],
+            "true": test["target"], **{f"pred_{k}": v for k, v in preds.items()},
+        }))  # fmt: skip
+        if (folder / "real.h5").is_file():
+            real = predict_sets(model, folder, "real", spec.sampling, params.seed)
+            metrics[f"real/{which}_pred"] = float(real["prediction"][0])
+            metrics[f"real/{which}_redmapper"] = float(real["target"][0])
+            metrics["real/n_members"] = int(real["n_members"][0])
+    return metrics, pd.concat(frames, ignore_index=True)
+
+
+def reference_scatter(path: str) -> dict[str, float]:
+    """redMaPPer's own ``Δz/(1+z)`` of Z_LAMBDA against BCG_SPEC_Z (rows with a spec-z)."""
+    cl = read_clusters(path, require=("cluster_id", "z_lambda", "richness"))
+    ok = np.isfinite(cl["z_spec"].to_numpy(float))
+    if not ok.any():
+        return {}
+    m = redshift_metrics(cl["z_lambda"].to_numpy(float)[ok], cl["z_spec"].to_numpy(float)[ok],
+                         OUTLIER)  # fmt: skip
+    return {"reference/z_lambda_sigma_nmad": m["sigma_nmad"],
+            "reference/z_lambda_bias": m["bias"], "reference/n_spec": m["n"]}  # fmt: skip
+
+
+@staged_outputs("plots", "reports", "metrics")
+def evaluate(params: ClusterFinderParams, paths: StudyPaths) -> dict[str, float]:
+    """Evaluate every model of the study on the test split (module docstring).
+
+    Parameters
+    ----------
+    params : ClusterFinderParams
+    paths : StudyPaths
+        Reads ``prepared`` and ``models`` (``classifier/``, ``detector/``, ``redshift/``,
+        ``richness/``); writes ``plots``, ``reports`` and, last, ``metrics``.
+
+    Returns
+    -------
+    dict
+        Flat metrics.
+
+    Raises
+    ------
+    InputError
+        Missing prepared data or checkpoints.
+    """
+    prepared, models = paths.need("prepared", "models")
+    metrics_path, plots_dir, reports_dir = paths.need("metrics", "plots", "reports")
+    prepared, models = Path(prepared), Path(models)
+    shard = prepared / "images_test.h5"
+    truths, meta, label = _truths(shard)
+    metrics: dict[str, float] = {}
+
+    classifier = load_classifier(models / "classifier")
+    prob = predict_images(classifier, shard)["probability"]
+    metrics.update(_prefixed("classifier", classifier_metrics(prob, label)))
+
+    detector = load_detector(models / "detector")
+    dets = detect_images(detector, shard, score_threshold=float(THRESHOLDS[0]),
+                         iou_threshold=params.detection.iou_threshold)  # fmt: skip
+    m, curve, per_truth = detector_metrics(dets, truths, meta, label, params)
+    metrics.update(_prefixed("detector", m))
+
+    mm, members = member_metrics(params, prepared, models)
+    metrics.update(mm)
+    if params.data.reference_clusters:
+        metrics.update(reference_scatter(params.data.reference_clusters))
+    metrics["n_test_images"] = len(label)
+
+    _plots(plots_dir, shard, dets, truths, curve, per_truth, members, params)
+    write_evaluation(
+        metrics, metrics_path, reports_dir,
+        {"detection_curve.csv": curve, "truth_detection.csv": per_truth,
+         "member_predictions.csv": members,
+         "pred_vs_true.csv": members[members["target"] == "redshift"][["true", "pred_model"]]
+         .rename(columns={"true": "true_redshift", "pred_model": "predicted_redshift"})},
+        headline=[k for k in HEADLINE if k in metrics],
+    )  # fmt: skip
+    return metrics
+
+
+def _binned(per_truth: pd.DataFrame, col: str, edges) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.digitize(per_truth[col].to_numpy(), edges) - 1
+    c = [per_truth["detected"].to_numpy()[idx == i].mean() if (idx == i).any() else np.nan
+         for i in range(len(edges) - 1)]  # fmt: skip
+    return (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2, np.asarray(c, float)
+
+
+def _plots(plots_dir: Path, shard: Path, dets, truths, curve, per_truth, members, params) -> None:
+    plots_dir = Path(plots_dir)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(curve["threshold"], curve["completeness"], label=f"completeness (λ ≥ "
+            f"{params.detection.min_richness:g})")  # fmt: skip
+    ax.plot(curve["threshold"], curve["purity"], label="purity")
+    ax.axvline(params.detection.score_threshold, color="k", lw=0.6, ls=":")
+    ax.set_xlabel("score threshold")
+    ax.set_ylabel(f"fraction (IoU ≥ {params.detection.match_iou:g})")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    plots.save_figure(fig, plots_dir / "completeness_purity.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, col, edges, lab in (
+        (axes[0], "z", np.linspace(0.05, 0.6, 8), "redshift z"),
+        (axes[1], "richness", np.geomspace(5, 300, 8), "richness λ"),
+    ):
+        x, c = _binned(per_truth, col, edges)
+        ax.plot(x, c, "o-")
+        ax.set_xlabel(lab)
+        ax.set_ylabel("completeness")
+        ax.set_ylim(0, 1.05)
+        if col == "richness":
+            ax.set_xscale("log")
+    plots.save_figure(fig, plots_dir / "completeness_vs_z_richness.png")
+
+    z = members[members["target"] == "redshift"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for col, lab in (("pred_model", "set model"), ("pred_gradient_boosting", "gradient boosting")):
+        ax.scatter(z["true"], (z[col] - z["true"]) / (1 + z["true"]), s=8, label=lab, alpha=0.7)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("true redshift z")
+    ax.set_ylabel("Δz / (1 + z)")
+    ax.legend()
+    plots.save_figure(fig, plots_dir / "dz_vs_z.png")
+
+    with open_shard(shard) as r:
+        k = min(6, r.n_rows)
+        imgs = r.read("images")[:k] if k else np.zeros((0, 3, 1, 1))
+    if k:
+        fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.4), squeeze=False)
+        for i in range(k):
+            ax = axes[0][i]
+            ax.imshow(imgs[i].mean(axis=0), origin="lower", cmap="gray")
+            for b, colour in [(t, "lime") for t in truths[i]] + [
+                    (b, "red") for b, s in zip(*dets[i], strict=True)
+                    if s >= params.detection.score_threshold]:  # fmt: skip
+                ax.add_patch(plt.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False,
+                                           color=colour, lw=1))  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0][0].set_title("true (green), detected (red)", fontsize=8, loc="left")
+        plots.save_figure(fig, plots_dir / "examples.png")
