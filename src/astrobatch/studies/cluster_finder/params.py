@@ -182,7 +182,7 @@ class SetModelParams(Strict):
     num_inducing: int = Field(0, ge=0)
     janossy_k: PositiveInt = Field(2, description="k of k-ary Janossy pooling")
     n_tuples_train: PositiveInt = 32
-    n_tuples_eval: PositiveInt = 256
+    n_tuples_eval: PositiveInt = 128
     janossy_count_feature: bool = Field(False, description="log(1 + n) of the set to rho")
 
 
@@ -191,7 +191,7 @@ class MembersTarget(Strict):
 
     sampling: SamplingParams = SamplingParams()
     model: SetModelParams = SetModelParams()
-    training: TrainingParams = TrainingParams(batch_size=64, max_epochs=30, lr=2e-3, patience=8)
+    training: TrainingParams = TrainingParams(batch_size=64, max_epochs=15, lr=3e-3, patience=6)
     rotate: bool = Field(True, description="random 3-D rotations of the unit vectors")
 
 
