@@ -116,6 +116,17 @@ TINY_REPO_PARAMS = {
         "full": {"max_epochs": 1, "batch_size": 16},
         "evaluate": {"n_examples": 2},
     },
+    "cluster_finder": {
+        "simulate": {"n_clusters": 12, "n_empty": 4, "native_size": 64, "image_size": 32},
+        "data": {"image_size": 32},
+        "images": {"conv_channels": [4, 8], "head_hidden": [8], "detector_hidden": 8},
+        "classifier": {"max_epochs": 1, "batch_size": 8},
+        "detector": {"max_epochs": 1, "batch_size": 8},
+        "redshift": {"model": {"hidden_dim": 8, "n_tuples_train": 4, "n_tuples_eval": 8},
+                     "training": {"max_epochs": 1}},
+        "richness": {"model": {"hidden_dim": 8, "n_tuples_train": 4, "n_tuples_eval": 8},
+                     "sampling": {"num_star_per_sample": 32}, "training": {"max_epochs": 1}},
+    },
 }  # fmt: skip
 
 

@@ -39,6 +39,14 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
         assert f"Running stage 'stellar_xp_{s}'" in out
     for s in ("simulate", "prepare", "train_head", "train_full", "evaluate"):
         assert f"Running stage 'morphology_{s}'" in out
+    for s in ("simulate", "prepare", "train_classifier", "train_detector", "train_redshift",
+              "train_richness", "evaluate"):
+        assert f"Running stage 'cluster_finder_{s}'" in out
+    cf = json.loads((d / "metrics/cluster_finder.json").read_text())
+    assert {"classifier/roc_auc", "detector/completeness", "detector/purity", "detector/ap50",
+            "redshift/sigma_nmad", "baseline/gradient_boosting/redshift/sigma_nmad",
+            "richness/scatter_dex", "real/redshift_pred"} <= set(cf)  # fmt: skip
+    assert (d / "plots/cluster_finder/completeness_purity.png").is_file()
     mo = json.loads((d / "metrics/morphology.json").read_text())
     assert {"test/mse", "head_only/test/mse", "baseline/train_mean/test/mse",
             "ood_ukidss/degradation/mse", "real/r"} <= set(mo)  # fmt: skip
@@ -70,6 +78,7 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
     assert "Running stage 'cluster_age" not in third  # other studies untouched
     assert "Running stage 'stellar_xp" not in third
     assert "Running stage 'morphology" not in third
+    assert "Running stage 'cluster_finder" not in third
     state = json.loads((d / "models/star_sets/train_state.json").read_text())
     assert state["complete"] and state["resumed"] is False  # a changed run starts fresh
 

@@ -81,8 +81,10 @@ def test_real_sweeps_file_validates():
         "morphology_surveys",
         "morphology_losses",
         "morphology_backbones",
+        "cluster_finder_set_models",
     ]
     assert found["morphology_surveys"].n_experiments() == 9
+    assert found["cluster_finder_set_models"].n_experiments() == 9
     models = found["star_sets_models"]
     assert models.study == "star_sets" and models.n_experiments() == 9
     assert models.grids == [
@@ -110,6 +112,7 @@ def test_list():
         "morphology_surveys",
         "morphology_losses",
         "morphology_backbones",
+        "cluster_finder_set_models",
     ]
     assert "54 experiments in 1 grid(s), 2 comparison(s)" in lines[1]
 
