@@ -195,7 +195,8 @@ def summary_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         q = np.percentile(v, [0, 25, 50, 75, 100], axis=0)
         rows.append(np.concatenate([v.mean(0), q[2], v.std(0), q[1], q[3], q[0], q[4],
                                     [np.log1p(b - a)]]))  # fmt: skip
-    return np.asarray(rows), np.asarray(y, np.float64)
+    width = 7 * feats.shape[1] + 1
+    return np.asarray(rows, np.float64).reshape(len(rows), width), np.asarray(y, np.float64)
 
 
 def baselines(folder: Path, split: str, seed: int) -> dict[str, np.ndarray]:

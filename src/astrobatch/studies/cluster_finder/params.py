@@ -40,8 +40,8 @@ class ClusterFinderSimulate(Strict):
         "data/external/cluster_finder/redmapper_test_dr8_gals_with_zred.fit",
         description="real DR8 galaxy table: field-galaxy magnitudes are drawn from it",
     )
-    n_clusters: PositiveInt = Field(200, description="cluster-centred images")
-    n_empty: int = Field(100, ge=0, description="empty fields (> min_separation from clusters)")
+    n_clusters: PositiveInt = Field(320, description="cluster-centred images")
+    n_empty: int = Field(160, ge=0, description="empty fields (> min_separation from clusters)")
     z_range: OrderedRange(0.0, 1.0, open_low=True) = Field(
         (0.08, 0.35), description="redshift range of the chosen clusters"
     )
@@ -202,8 +202,8 @@ class ClusterFinderParams(Strict):
     simulate: ClusterFinderSimulate = ClusterFinderSimulate()
     data: ClusterFinderData = ClusterFinderData()
     images: ImageModelParams = ImageModelParams()
-    classifier: TrainingParams = TrainingParams(batch_size=32, max_epochs=10, lr=2e-3, patience=4)
-    detector: TrainingParams = TrainingParams(batch_size=16, max_epochs=20, lr=2e-3, patience=6)
+    classifier: TrainingParams = TrainingParams(batch_size=32, max_epochs=15, lr=2e-3, patience=5)
+    detector: TrainingParams = TrainingParams(batch_size=16, max_epochs=30, lr=2e-3, patience=8)
     detection: DetectorEval = DetectorEval()
     redshift: MembersTarget = MembersTarget()
     richness: MembersTarget = MembersTarget(

@@ -132,6 +132,13 @@ def read_image_list(path: str | Path) -> pd.DataFrame:
         v = pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64)
         if not np.isfinite(v).all() or (c in ("pixel_scale_arcsec", "size") and (v <= 0).any()):
             raise InputError("expected finite values (> 0 for scales and sizes)", path, c)
+    if "cluster_id" in df.columns:
+        cid = pd.to_numeric(df["cluster_id"], errors="coerce").to_numpy(np.float64)
+        bad = (df["kind"] == "cluster").to_numpy() & ~(np.isfinite(cid) & (cid == np.round(cid)))
+        if bad.any():
+            first = df.loc[bad, "file"].iloc[0]
+            raise InputError(f"{int(bad.sum())} cluster images without an integer cluster_id "
+                             f"(e.g. {first})", path, "cluster_id")  # fmt: skip
     files = [(path.parent / f) for f in df["file"].astype(str)]
     absent = [str(f) for f in files if not f.is_file()]
     if absent:
@@ -316,6 +323,14 @@ def prepare(params: ClusterFinderData, out_dir: str | Path,
     footprint = read_footprint(p.footprint)
     check_in_footprint(clusters, footprint, p.clusters.path)
     images = read_image_list(p.image_list)
+    if "cluster_id" in images.columns:
+        cid = images.loc[images["kind"] == "cluster", "cluster_id"].astype(np.int64)
+        unknown = ~cid.isin(clusters["cluster_id"])
+        if unknown.any():
+            ids = cid[unknown].unique()[:5].tolist()
+            raise InputError(f"{int(unknown.sum())} cluster images centred on clusters absent "
+                             f"from the cluster catalogue (cluster ids {ids})", p.image_list,
+                             "cluster_id")  # fmt: skip
     feats = list(p.features)
     x_all = member_features(members, feats)
     _check_features(x_all, feats, p.members.path)
@@ -330,7 +345,7 @@ def prepare(params: ClusterFinderData, out_dir: str | Path,
             raise InputError(
                 f"{int(near.sum())} empty fields nearer than {p.min_separation_arcmin} arcmin "
                 f"to a cluster (e.g. {empty['file'].iloc[int(np.flatnonzero(near)[0])]} at "
-                f"{sep[near].min():.1f} arcmin)", p.image_list, "kind",
+                f"{sep[near].min():.1f} arcmin)", p.image_list, "ra, dec",
             )  # fmt: skip
     sizes = images["size"].astype(int)
     if (sizes % p.image_size).any():
