@@ -13,6 +13,14 @@ import numpy as np
 from scipy import stats
 
 
+def _paired(pred, true) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``true`` as float arrays of one non-empty shape (else ValueError)."""
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    if pred.shape != true.shape or pred.size == 0:
+        raise ValueError(f"expected equal non-empty shapes, got {pred.shape} and {true.shape}")
+    return pred, true
+
+
 def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """Absolute-error summary of predictions.
 
@@ -38,9 +46,7 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     >>> m["mae"], m["median_ae"], round(m["rmse"], 4)
     (1.3333333333333333, 1.0, 1.8257)
     """
-    pred, true = np.asarray(pred, float), np.asarray(true, float)
-    if pred.shape != true.shape or pred.size == 0:
-        raise ValueError(f"expected equal non-empty shapes, got {pred.shape} and {true.shape}")
+    pred, true = _paired(pred, true)
     d = pred - true
     a = np.abs(d)
     return {
@@ -235,9 +241,7 @@ def redshift_metrics(pred: np.ndarray, true: np.ndarray, outlier: float = 0.05) 
     >>> round(m["bias"], 4), m["outlier_fraction"]
     (0.0091, 0.3333333333333333)
     """
-    pred, true = np.asarray(pred, float), np.asarray(true, float)
-    if pred.shape != true.shape or pred.size == 0:
-        raise ValueError(f"expected equal non-empty shapes, got {pred.shape} and {true.shape}")
+    pred, true = _paired(pred, true)
     dz = (pred - true) / (1.0 + true)
     return {
         "bias": float(np.median(dz)),
@@ -268,9 +272,7 @@ def log_ratio_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     >>> m["bias_dex"], m["scatter_dex"]
     (0.5, 0.5)
     """
-    pred, true = np.asarray(pred, float), np.asarray(true, float)
-    if pred.shape != true.shape or pred.size == 0:
-        raise ValueError(f"expected equal non-empty shapes, got {pred.shape} and {true.shape}")
+    pred, true = _paired(pred, true)
     if (pred <= 0).any() or (true <= 0).any():
         raise ValueError("expected values > 0 for a log ratio")
     d = np.log10(pred / true)
