@@ -39,8 +39,15 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
         assert f"Running stage 'stellar_xp_{s}'" in out
     for s in ("simulate", "prepare", "train_head", "train_full", "evaluate"):
         assert f"Running stage 'morphology_{s}'" in out
-    for s in ("simulate", "prepare", "train_classifier", "train_detector", "train_redshift",
-              "train_richness", "evaluate"):
+    for s in (
+        "simulate",
+        "prepare",
+        "train_classifier",
+        "train_detector",
+        "train_redshift",
+        "train_richness",
+        "evaluate",
+    ):
         assert f"Running stage 'cluster_finder_{s}'" in out
     cf = json.loads((d / "metrics/cluster_finder.json").read_text())
     assert {"classifier/roc_auc", "detector/completeness", "detector/purity", "detector/ap50",
