@@ -134,3 +134,14 @@ def test_random_sky_rotation_on_a_padded_batch():
     with pytest.raises(ValueError, match="distinct"):
         RandomSkyRotation((1, 2, 2))
     assert "columns=(1, 2, 3)" in repr(aug)
+
+
+def test_rotation_under_bf16_autocast_keeps_the_input_dtype():
+    """Mixed-precision training: the matmul runs in bf16, the batch stays float32."""
+    x = torch.randn(3, 7, 5)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = RandomSkyRotation((2, 3, 4))(x, mask)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y[..., :2], x[..., :2], rtol=0, atol=0)
+    torch.testing.assert_close(y[..., 2:].norm(dim=-1), x[..., 2:].norm(dim=-1), rtol=2e-2, atol=0)

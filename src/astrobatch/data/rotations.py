@@ -243,7 +243,7 @@ def rotate_unit_vectors(x, columns: Sequence[int], rotation):
     Rt = R.transpose(-1, -2) if is_torch else np.swapaxes(R, -1, -2)
     v_rot = v @ Rt  # row vectors: (R v)^T = v^T R^T; batched R broadcasts over the set axis
     out = x.clone() if is_torch else x.copy()
-    out[..., cols] = v_rot
+    out[..., cols] = v_rot.to(out.dtype) if is_torch else v_rot.astype(out.dtype)  # autocast: bf16
     return out
 
 

@@ -431,7 +431,15 @@ def _size_not_a_multiple(sky):
     return sky / "images.csv", "size", "not multiples of image_size 24", {"image_size": 24}
 
 
-BAD = [_drop_column, _orphan_members, _nan_magnitude, _empty_image_list, _missing_image,
+def _box_outside_the_image(sky):
+    df = pd.read_csv(sky / "images.csv")
+    i = df.index[df["kind"] == "cluster"][0]
+    df.loc[i, "dec"] = df.loc[i, "dec"] + 1.0  # 1 deg away from its cluster
+    df.to_csv(sky / "images.csv", index=False)
+    return sky / "images" / Path(df.loc[i, "file"]).name, "cluster_id", "lies outside the image", {}
+
+
+BAD = [_box_outside_the_image, _drop_column, _orphan_members, _nan_magnitude, _empty_image_list, _missing_image,
        _empty_field_on_a_cluster, _cluster_outside_footprint, _corrupt_image,
        _size_not_a_multiple]  # fmt: skip
 

@@ -377,6 +377,11 @@ def prepare(params: ClusterFinderData, out_dir: str | Path,
         if im.kind == "cluster":
             if has_cid:  # the list names the cluster the image is centred on
                 key = int(im.cluster_id)
+                if key not in set(b["cluster_id"].tolist()):
+                    why = "no member inside, or its centre outside"
+                    raise InputError(f"the box of cluster {key} lies outside the image ({why})"
+                                     ": expected the image centred on it", im.path,
+                                     "cluster_id")  # fmt: skip
             else:  # else the box nearest the image centre (all boxes when none is kept)
                 allx = np.stack([b["x_min_clip"], b["y_min_clip"], b["x_max_clip"],
                                  b["y_max_clip"]], axis=1)  # fmt: skip
