@@ -440,8 +440,8 @@ def _box_outside_the_image(sky):
 
 
 BAD = [_box_outside_the_image, _drop_column, _orphan_members, _nan_magnitude,
-       _empty_image_list, _missing_image, _empty_field_on_a_cluster, _cluster_outside_footprint, _corrupt_image,
-       _size_not_a_multiple]  # fmt: skip
+       _empty_image_list, _missing_image, _empty_field_on_a_cluster,
+       _cluster_outside_footprint, _corrupt_image, _size_not_a_multiple]  # fmt: skip
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
