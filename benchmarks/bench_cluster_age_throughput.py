@@ -106,11 +106,9 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -119,7 +117,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from _common import OtherLoad
+from _common import OtherLoad, machine_info, sync
 from astrobatch.data.images import (
     CutoutDataModule,
     CutoutShardDataset,
@@ -143,33 +141,6 @@ POOL = 4  # batches kept on the device for the compute-only measurement
 
 
 # ------------------------------------------------------------------ machine, memory
-
-
-def machine_info(device: torch.device) -> dict:
-    """CPU model (``/proc/cpuinfo``), cores, RAM, library versions, (CUDA) GPU name."""
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(mem / 1024**3, 1),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def status_mib(key: str) -> float | None:
@@ -334,11 +305,6 @@ class EpochLoader:
 
 
 # ------------------------------------------------------------------ measurements
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_loader(setup: Setup, mode: str, workers: int, a) -> dict:
@@ -721,7 +687,8 @@ def main(argv: list[str] | None = None) -> None:
         }
     res["peak_rss_mib"] = {**rss.phases, "overall": rss.overall()}
     res["other_processes_cores_per_phase"] = rss.other
-    info = machine_info(device)
+    info = machine_info(device, ("h5py",))
+    info["hdf5"] = h5py.version.hdf5_version
     info["other_processes_cores"] = other.cores()
     info["hwm_reset_per_phase"] = rss.reset_ok
     if (info["other_processes_cores"] or 0) > 0.2:

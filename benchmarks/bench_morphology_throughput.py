@@ -80,21 +80,19 @@ core elsewhere slows a step many times over).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from _common import OtherLoad
+from _common import OtherLoad, autocast, machine_info
+from _common import timed_rates as timed
 from astrobatch.data.images import CutoutDataModule, ImageShardDataset
 from astrobatch.io.shards import ShardWriter
 from astrobatch.studies.morphology import schema
@@ -131,34 +129,6 @@ BACKBONES: dict[str, dict] = {
 
 
 # ------------------------------------------------------------------ machine
-
-
-def machine_info(device: torch.device) -> dict:
-    """CPU model (``/proc/cpuinfo``), cores, RAM, library versions, (CUDA) GPU name."""
-    import transformers
-
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(mem / 1024**3, 1),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 # ------------------------------------------------------------------ setup
@@ -217,32 +187,6 @@ def image_dataset(p: MorphologyParams, path: Path, transform, targets, augment: 
 
 
 # ------------------------------------------------------------------ timing
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def timed(fn, n_images: int, steps: int, repeats: int, warmup: int, device) -> list[float]:
-    """images/s of each of ``repeats`` runs of ``steps`` calls of ``fn`` after ``warmup``."""
-    for i in range(warmup):
-        fn(i)
-    sync(device)
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(steps):
-            fn(i)
-        sync(device)
-        rates.append(n_images * steps / (time.perf_counter() - t0))
-    return rates
 
 
 def summary(rates: list[float], **extra) -> dict:
@@ -496,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
                 shards[key] = (path, write_shard(path, c["shard"], c["size"],
                                                  manifest_for(c["size"]), 0))  # fmt: skip
             rows.append(bench_backbone(name, c, *shards[key], device, a))
-    info = machine_info(device)
+    info = machine_info(device, ("transformers",))
     info["other_processes_cores"] = other.cores()
     if (info["other_processes_cores"] or 0) > 0.2:
         print(

@@ -51,12 +51,9 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +61,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from _common import OtherLoad
+from _common import OtherLoad, machine_info, sync
 from astrobatch.data.sets import SetDataModule, SetSampleDataset
 from astrobatch.studies.star_sets.params import (
     SamplingParams,
@@ -78,29 +75,6 @@ DEFAULT_PREPARED = ROOT / "data/prepared/star_sets"
 MODELS = ("summary_stats", "deep_sets", "set_transformer")
 POOL = 4  # batches kept on the device for the compute-only measurement
 SEED = 42
-
-
-def machine_info(device: torch.device) -> dict:
-    """CPU model, cores, RAM, torch version and (CUDA) GPU name."""
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    info = {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "ram_gib": round(mem / 1024**3, 1),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def wait_for_models(timeout_s: float = 3600.0):
@@ -132,12 +106,6 @@ def prepared_dir(arg: Path | None, work: Path) -> Path:
     simulate_to_file(StarSetsSimulate(n_runs=12, snapshots_per_run=5), None, raw)
     prepare(StarSetsData(raw_path=str(raw)), work / "prepared")
     return work / "prepared"
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued device work (CUDA kernels are asynchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Stepper:
@@ -232,7 +200,7 @@ def bench_loader(build, name, hidden, prepared, workers, device, a) -> dict:
             batch = next(it)
         except StopIteration:  # new epoch, as in training
             epoch += 1
-            loader.sampler.set_epoch(epoch)
+            loader.batch_sampler.set_epoch(epoch)
             it = iter(loader)
             batch = next(it)
         batch = to_device(batch, device)
