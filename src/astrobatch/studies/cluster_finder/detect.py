@@ -415,9 +415,18 @@ def _data_inputs(prepared_dir: Path) -> list[Path]:
     return [p for p in (shard_path(prepared_dir, s) for s in ("train", "val")) if p.is_file()]
 
 
-def _datamodule(params, t: TrainingParams, prepared_dir: Path) -> BoxImageDataModule:
-    return BoxImageDataModule(prepared_dir, t.batch_size, params.seed, t.num_workers,
-                              augment=params.images.augment)  # fmt: skip
+def _train(params, paths: StudyPaths, t: TrainingParams, build, tag: str,
+           callbacks: list[Callback] | None) -> dict:  # fmt: skip
+    """Fit ``build(train_dataset)`` on the prepared image shards with the shared driver."""
+    prepared_dir, model_dir, live_dir = paths.need("prepared", "models", "live")
+    dm = BoxImageDataModule(prepared_dir, t.batch_size, params.seed, t.num_workers,
+                            augment=params.images.augment)  # fmt: skip
+    ds = dm.dataset("train")
+    return train_model(
+        lambda: build(ds), dm, t, model_dir, live_dir, seed=params.seed,
+        config=[params.images.model_dump(), tag], inputs=_data_inputs(prepared_dir),
+        callbacks=callbacks,
+    )  # fmt: skip
 
 
 def train_classifier(params, paths: StudyPaths, callbacks: list[Callback] | None = None) -> dict:
@@ -447,20 +456,13 @@ def train_classifier(params, paths: StudyPaths, callbacks: list[Callback] | None
     ParamsError
         Trainer settings that Lightning refuses.
     """
-    prepared_dir, model_dir, live_dir = paths.need("prepared", "models", "live")
     m, t = params.images, params.classifier
-    dm = _datamodule(params, t, prepared_dir)
-    ds = dm.dataset("train")
 
-    def build() -> ClassifierTask:
+    def build(ds: BoxImageDataset) -> ClassifierTask:
         return ClassifierTask(ds.n_channels, ds.image_size, m.conv_channels, m.head_hidden,
                               m.dropout, t.lr, t.weight_decay, t.max_epochs)  # fmt: skip
 
-    return train_model(
-        build, dm, t, model_dir, live_dir, seed=params.seed,
-        config=[m.model_dump(), CLASSIFIER], inputs=_data_inputs(prepared_dir),
-        callbacks=callbacks,
-    )  # fmt: skip
+    return _train(params, paths, t, build, CLASSIFIER, callbacks)
 
 
 def train_detector(params, paths: StudyPaths, callbacks: list[Callback] | None = None) -> dict:
@@ -489,20 +491,13 @@ def train_detector(params, paths: StudyPaths, callbacks: list[Callback] | None =
     ParamsError
         Trainer settings that Lightning refuses.
     """
-    prepared_dir, model_dir, live_dir = paths.need("prepared", "models", "live")
     m, t = params.images, params.detector
-    dm = _datamodule(params, t, prepared_dir)
-    ds = dm.dataset("train")
 
-    def build() -> DetectorTask:
+    def build(ds: BoxImageDataset) -> DetectorTask:
         return DetectorTask(ds.n_channels, ds.image_size, m.conv_channels, m.detector_hidden,
                             t.lr, t.weight_decay, t.max_epochs)  # fmt: skip
 
-    return train_model(
-        build, dm, t, model_dir, live_dir, seed=params.seed,
-        config=[m.model_dump(), DETECTOR], inputs=_data_inputs(prepared_dir),
-        callbacks=callbacks,
-    )  # fmt: skip
+    return _train(params, paths, t, build, DETECTOR, callbacks)
 
 
 # ------------------------------------------------------------------------------- loading

@@ -41,7 +41,6 @@ rotation, and so are the probabilities and weights in [0, 1] (``p``, ``p_free``,
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +51,7 @@ import pandas as pd
 from astrobatch.data.layouts import SET_ELEMENTS, set_layout
 from astrobatch.data.rotations import radec_to_unit
 from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, save_scalers
+from astrobatch.data.splits import hash_splits
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_dir, write_json
 from astrobatch.io.errors import reading
@@ -84,25 +84,9 @@ IMAGE_LIST_OPTIONAL = ("cluster_id",)
 STRETCH_NORM = float(np.arcsinh(100.0))
 
 
-def hash_unit(ids, salt: str) -> np.ndarray:
-    """A uniform number in [0, 1) per id, from SHA-256 of ``salt:id``.
-
-    Examples
-    --------
-    >>> u = hash_unit([1, 2], "s")
-    >>> bool(((0 <= u) & (u < 1)).all()), bool((hash_unit([1], "s") == u[:1]).all())
-    (True, True)
-    """
-    return np.array(
-        [int.from_bytes(hashlib.sha256(f"{salt}:{i}".encode()).digest()[:8], "big") / 2**64
-         for i in ids], np.float64,
-    )  # fmt: skip
-
-
 def assign_splits(ids, train: float, val: float, salt: str) -> np.ndarray:
-    """0 train, 1 val, 2 test per id (:func:`hash_unit`)."""
-    u = hash_unit(ids, salt)
-    return np.where(u < train, 0, np.where(u < train + val, 1, 2)).astype(np.int8)
+    """0 train, 1 val, 2 test per id (:func:`astrobatch.data.splits.hash_splits`)."""
+    return hash_splits(ids, train, val, salt)
 
 
 # ------------------------------------------------------------------------------- inputs

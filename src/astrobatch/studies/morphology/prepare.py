@@ -25,13 +25,13 @@ Nothing is half-written: the output folder is built aside and renamed into place
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from astrobatch.data.splits import hash_splits, hash_unit
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_dir, write_json
 from astrobatch.io.image_files import read_image
@@ -45,25 +45,9 @@ SPLITS = ("train", "val", "test")
 REAL = "real"
 
 
-def hash_unit(ids, salt: str) -> np.ndarray:
-    """A uniform number in [0, 1) per string id, from SHA-256 of ``salt:id``.
-
-    Examples
-    --------
-    >>> u = hash_unit(["a", "b"], "s")
-    >>> bool(((0 <= u) & (u < 1)).all()), bool((hash_unit(["a"], "s") == u[:1]).all())
-    (True, True)
-    """
-    return np.array(
-        [int.from_bytes(hashlib.sha256(f"{salt}:{i}".encode()).digest()[:8], "big") / 2**64
-         for i in ids], np.float64,
-    )  # fmt: skip
-
-
 def assign_splits(ids, split: SplitRatios) -> np.ndarray:
-    """0 train, 1 val, 2 test per id (:func:`hash_unit` with ``split.salt``)."""
-    u = hash_unit(ids, split.salt)
-    return np.where(u < split.train, 0, np.where(u < split.train + split.val, 1, 2)).astype(np.int8)
+    """0 train, 1 val, 2 test per id (:func:`astrobatch.data.splits.hash_splits`)."""
+    return hash_splits(ids, split.train, split.val, split.salt)
 
 
 def training_quota(available: dict[str, int], shares: dict[str, float], n_train: int
