@@ -81,7 +81,21 @@ def _truths(shard: Path) -> tuple[list[np.ndarray], pd.DataFrame, np.ndarray]:
 
 
 def classifier_metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """Accuracy, ROC AUC, precision and recall of probabilities at 0.5 (scikit-learn)."""
+    """Accuracy, ROC AUC, precision and recall of probabilities at 0.5 (scikit-learn).
+
+    Parameters
+    ----------
+    prob : numpy.ndarray, shape (n,), float
+        Predicted cluster probabilities.
+    label : numpy.ndarray, shape (n,)
+        1 = cluster image, 0 = empty field.
+
+    Returns
+    -------
+    dict of str to float
+        ``accuracy``, ``roc_auc`` (NaN with a single class), ``precision``, ``recall``
+        (0 when undefined).
+    """
     from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
     pred = (prob >= 0.5).astype(int)
@@ -140,7 +154,30 @@ def _prefixed(prefix: str, m: dict) -> dict[str, float]:
 
 def member_metrics(params: ClusterFinderParams, prepared: Path, models: Path
                    ) -> tuple[dict, pd.DataFrame]:  # fmt: skip
-    """Redshift and richness metrics of the set models and baselines; the prediction table."""
+    """Redshift and richness metrics of the set models and baselines; the prediction table.
+
+    Parameters
+    ----------
+    params : ClusterFinderParams
+    prepared, models : pathlib.Path
+        The prepared folder (``members_{redshift,richness}/``) and the models folder
+        (``redshift/``, ``richness/``).
+
+    Returns
+    -------
+    metrics : dict of str to float
+        ``redshift/*`` (:func:`~astrobatch.evaluate.metrics.redshift_metrics`),
+        ``richness/*`` (:func:`~astrobatch.evaluate.metrics.log_ratio_metrics`, dex, plus
+        ``mass_scatter_dex``), the same under ``baseline/<name>/``, and ``real/*``.
+    table : pandas.DataFrame
+        One row per test set and target: ``target, cluster_id, n_members, true``,
+        ``pred_model``, ``pred_train_median``, ``pred_gradient_boosting``.
+
+    Raises
+    ------
+    InputError
+        Missing shards or checkpoints.
+    """
     metrics, frames = {}, []
     for which in ("redshift", "richness"):
         folder = prepared / f"members_{which}"
@@ -171,7 +208,25 @@ def member_metrics(params: ClusterFinderParams, prepared: Path, models: Path
 
 
 def reference_scatter(path: str) -> dict[str, float]:
-    """redMaPPer's own ``Δz/(1+z)`` of Z_LAMBDA against BCG_SPEC_Z (rows with a spec-z)."""
+    """redMaPPer's own ``Δz/(1+z)`` of Z_LAMBDA against BCG_SPEC_Z (rows with a spec-z).
+
+    Parameters
+    ----------
+    path : str
+        A real cluster catalogue with ``Z_LAMBDA`` and ``BCG_SPEC_Z`` (-1 = none), e.g. the
+        redmapper fixture ``redmapper_test_zlamcal_cat.fit``.
+
+    Returns
+    -------
+    dict of str to float
+        ``reference/z_lambda_sigma_nmad``, ``reference/z_lambda_bias``,
+        ``reference/n_spec``; empty when no row has a spectrum.
+
+    Raises
+    ------
+    InputError
+        The reader's (missing file or column).
+    """
     cl = read_clusters(path, require=("cluster_id", "z_lambda", "richness"))
     ok = np.isfinite(cl["z_spec"].to_numpy(float))
     if not ok.any():

@@ -88,7 +88,22 @@ def _rotate_columns(folder: Path, rotate: bool) -> tuple[int, int, int] | None:
 
 
 def build_task(spec: MembersTarget, n_features: int, rotate_columns) -> MemberRegressionTask:
-    """The set model of ``spec.model`` in its regression task."""
+    """The set model of ``spec.model`` in its regression task.
+
+    Parameters
+    ----------
+    spec : MembersTarget
+        ``model`` (passed to :func:`astrobatch.nn.sets.build_set_model`) and ``training``
+        (lr, weight decay, Huber delta, epochs of the cosine schedule).
+    n_features : int
+        F, features per member.
+    rotate_columns : tuple of int or None
+        The unit-vector columns to rotate in training (None: no rotation).
+
+    Returns
+    -------
+    MemberRegressionTask
+    """
     t = spec.training
     model = build_set_model(in_features=n_features, **spec.model.model_dump())
     return MemberRegressionTask(
@@ -141,7 +156,26 @@ def train_members(
 
 
 def load_members_model(spec: MembersTarget, folder: Path, model_dir: Path) -> torch.nn.Module:
-    """The trained set model of ``model_dir/best.ckpt`` (weights only), in eval mode."""
+    """The trained set model of ``model_dir/best.ckpt`` (weights only), in eval mode.
+
+    Parameters
+    ----------
+    spec : MembersTarget
+        Its ``model`` must be the one the checkpoint was trained with.
+    folder : pathlib.Path
+        The prepared ``members_<target>/`` folder (its ``train.h5`` gives F).
+    model_dir : pathlib.Path
+
+    Returns
+    -------
+    torch.nn.Module
+        ``(x (B, N, F), mask (B, N)) -> (B, 1)`` in model (scaled target) space.
+
+    Raises
+    ------
+    InputError
+        A missing or incompatible checkpoint, or a missing shard.
+    """
     with open_shard(folder / "train.h5") as r:
         n_features = len(r.names("stars/features") or [])
     model = build_set_model(in_features=n_features, **spec.model.model_dump())
@@ -200,7 +234,26 @@ def summary_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def baselines(folder: Path, split: str, seed: int) -> dict[str, np.ndarray]:
-    """Physical predictions of the train median and of gradient boosting on summaries."""
+    """Physical predictions of the train median and of gradient boosting on summaries.
+
+    Both are fitted on the ``train`` split of ``folder`` in model space (scikit-learn
+    ``HistGradientBoostingRegressor``, 200 iterations, learning rate 0.05, on
+    :func:`summary_features`) and mapped back with the folder's target scaler.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        A prepared ``members_<target>/`` folder.
+    split : str
+        The split to predict (``test``, ``real``, ...).
+    seed : int
+        Seed of the gradient boosting.
+
+    Returns
+    -------
+    dict of numpy.ndarray, shape (n_sets,), float64
+        ``train_median`` and ``gradient_boosting``, in physical units (redshift, or λ).
+    """
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     x_tr, y_tr = summary_features(folder, "train")

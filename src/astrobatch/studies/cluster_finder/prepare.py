@@ -85,7 +85,21 @@ STRETCH_NORM = float(np.arcsinh(100.0))
 
 
 def assign_splits(ids, train: float, val: float, salt: str) -> np.ndarray:
-    """0 train, 1 val, 2 test per id (:func:`astrobatch.data.splits.hash_splits`)."""
+    """0 train, 1 val, 2 test per id (:func:`astrobatch.data.splits.hash_splits`).
+
+    Parameters
+    ----------
+    ids : iterable of str, n of them
+        ``cluster:<id>`` or ``empty:<image id>`` keys (an image and its cluster's member set
+        share a key, so they share a split).
+    train, val : float
+        Split fractions (test takes the rest).
+    salt : str
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), int8
+    """
     return hash_splits(ids, train, val, salt)
 
 
@@ -179,14 +193,42 @@ def stretch_image(cube: np.ndarray, factor: int, stretch: float) -> np.ndarray:
 
 
 def scale_boxes(boxes: np.ndarray, factor: int) -> np.ndarray:
-    """Native pixel boxes (…, 4) to the block-averaged image: ``(x + 0.5) / f - 0.5``."""
+    """Native pixel boxes to the block-averaged image: ``(x + 0.5) / f - 0.5``.
+
+    Parameters
+    ----------
+    boxes : numpy.ndarray, shape (..., 4)
+        ``(x_min, y_min, x_max, y_max)`` in native pixels (pixel centres at integers).
+    factor : int
+        Block-averaging factor f (native side / prepared side).
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., 4), float64
+        The same boxes in prepared pixels (pixel centres at integers).
+    """
     return (np.asarray(boxes, np.float64) + 0.5) / factor - 0.5
 
 
 # ------------------------------------------------------------------------------- features
 def member_features(members: pd.DataFrame, names: list[str]) -> np.ndarray:
-    """Per-member feature matrix (M, F) float64 in ``names`` order (colours and unit vector
-    derived from the canonical columns)."""
+    """Per-member feature matrix in ``names`` order.
+
+    Parameters
+    ----------
+    members : pandas.DataFrame
+        Canonical member columns (:func:`.catalogues.read_members`).
+    names : list of str
+        F names of :data:`~astrobatch.studies.cluster_finder.params.MEMBER_FEATURES`:
+        canonical columns (mag, mag errors, P, P_FREE, θ_i, θ_r, R in h⁻¹ Mpc), colours of
+        neighbouring bands (``g_r = mag_g - mag_r``, ...; mag) and the ICRS unit vector
+        ``ux, uy, uz`` of RA/DEC.
+
+    Returns
+    -------
+    numpy.ndarray, shape (M, F), float64
+        Unscaled; may hold NaN where the catalogue does (checked by the caller).
+    """
     m = members
     derived = {
         "g_r": lambda: m["mag_g"] - m["mag_r"],
