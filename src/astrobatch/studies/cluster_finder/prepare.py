@@ -78,8 +78,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 TARGETS = ("redshift", "richness")
 IMAGE_LIST_COLUMNS = ("file", "ra", "dec", "pixel_scale_arcsec", "size", "kind")
-#: Optional: the cluster a ``cluster`` image is centred on (its split follows the cluster's).
-IMAGE_LIST_OPTIONAL = ("cluster_id",)
 #: asinh of this many stretched sky sigmas maps to 1.
 STRETCH_NORM = float(np.arcsinh(100.0))
 
@@ -386,7 +384,6 @@ def prepare(params: ClusterFinderData, out_dir: str | Path,
     # images: id of a cluster image = its nearest cluster's id (it is centred on it), so a
     # cluster's image and its member set share a split
     has_cid = "cluster_id" in images.columns
-    split_of_image = []
     rows = {s: [] for s in SPLITS}
     n_boxes_total = 0
     for k, im in enumerate(images.itertuples(index=False)):
@@ -429,7 +426,6 @@ def prepare(params: ClusterFinderData, out_dir: str | Path,
             split_key = f"empty:{im.image_id}"
         split = SPLITS[int(assign_splits([split_key], p.split.train, p.split.val,
                                          p.split.salt)[0])]  # fmt: skip
-        split_of_image.append(split)
         n_boxes_total += len(ids)
         rows[split].append({
             "image": stretch_image(cube, factor, p.stretch),
