@@ -4,10 +4,15 @@ Metrics (test split; :data:`HEADLINE` go to ``metrics/cluster_finder.json``, eve
 ``reports/cluster_finder/metrics_full.json``):
 
 - ``classifier/{accuracy,roc_auc,precision,recall}`` at probability 0.5 (scikit-learn).
-- ``detector/{completeness,purity}`` at ``detection.score_threshold``: detections matched
+- ``detector/{completeness,purity}`` at ``detection.score_threshold`` (``"val"``, the
+  default: the threshold where min(completeness, purity) is largest on the validation images,
+  reported as ``detector/score_threshold``): detections matched
   one-to-one to true boxes at IoU >= ``detection.match_iou``
   (:func:`astrobatch.evaluate.detection.completeness_purity`); completeness over the truths
-  with richness >= ``detection.min_richness``; purity over every detection above the
+  with richness >= ``detection.min_richness`` and z <= ``detection.z_max`` (0.35: the
+  volume-limited range of redMaPPer on SDSS DR8, Rykoff et al. 2014, arXiv:1303.3562;
+  secondary clusters in a cutout reach z ~ 0.6, where SDSS sees few members;
+  ``detector/completeness_rich`` counts every z); purity over every detection above the
   threshold, those on empty fields included (a detection matched to any true cluster is not
   a false positive); ``detector/false_positives_empty`` (per empty field); ``detector/ap50``
   (pycocotools AP at IoU 0.5); completeness per redshift and richness bin in the report.
@@ -65,7 +70,7 @@ HEADLINE = (
     "real/richness_pred",
 )  # fmt: skip
 #: Score thresholds of the completeness / purity curves.
-THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
 #: |Δz/(1+z)| above which a redshift is an outlier.
 OUTLIER = 0.05
 
@@ -109,41 +114,136 @@ def classifier_metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
     }
 
 
+def counted_truths(meta: pd.DataFrame, params: ClusterFinderParams) -> np.ndarray:
+    """Mask of the truths counted in completeness: ``λ >= min_richness`` and ``z <= z_max``.
+
+    Parameters
+    ----------
+    meta : pandas.DataFrame
+        One row per true box, with ``richness`` and ``z``.
+    params : ClusterFinderParams
+        Reads ``detection.min_richness`` and ``detection.z_max`` (None: every z).
+
+    Returns
+    -------
+    numpy.ndarray, shape (len(meta),), bool
+    """
+    d = params.detection
+    keep = meta["richness"].to_numpy() >= d.min_richness
+    if d.z_max is not None:
+        keep &= meta["z"].to_numpy() <= d.z_max
+    return keep
+
+
+def detection_curve(
+    dets: list, truths: list[np.ndarray], meta: pd.DataFrame, label, params: ClusterFinderParams,
+    thresholds=THRESHOLDS,
+) -> tuple[pd.DataFrame, object]:  # fmt: skip
+    """Completeness (of :func:`counted_truths`), purity and empty-field FPs per threshold.
+
+    Parameters
+    ----------
+    dets : list of (numpy.ndarray (K, 4), numpy.ndarray (K,))
+        Detections per image (:func:`~astrobatch.studies.cluster_finder.detect.detect_images`
+        at a threshold at or below the lowest of ``thresholds``).
+    truths : list of numpy.ndarray, shape (N, 4)
+        True boxes per image, pixels.
+    meta : pandas.DataFrame
+        One row per true box (``richness``, ``z``), in image order.
+    label : array-like, shape (n_images,)
+        1 = cluster image, 0 = empty field.
+    params : ClusterFinderParams
+    thresholds : array-like of float, shape (T,)
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per threshold: ``threshold``, ``completeness``, ``purity``,
+        ``false_positives_per_empty_field`` and the counts.
+    cp : astrobatch.evaluate.detection.CompletenessPurity
+        The matching (``detected`` per truth and threshold, ``truth_score``).
+    """
+    images = [(b, s, t) for (b, s), t in zip(dets, truths, strict=True)]
+    cp = completeness_purity(images, np.asarray(thresholds, float), params.detection.match_iou)
+    counted = counted_truths(meta, params)
+    table = cp.table.copy()
+    table["completeness"] = (cp.detected[counted].mean(axis=0) if counted.any()
+                             else np.full(len(table), np.nan))  # fmt: skip
+    n_empty = max(int((np.asarray(label) == 0).sum()), 1)
+    table["false_positives_per_empty_field"] = table["n_false_positive_empty"] / n_empty
+    return table, cp
+
+
+def balanced_threshold(table: pd.DataFrame) -> float:
+    """The threshold of a curve where ``min(completeness, purity)`` is largest.
+
+    Ties go to the lowest threshold (the most complete); undefined rows (NaN) are skipped.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        With ``threshold``, ``completeness`` and ``purity`` (:func:`detection_curve`).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If no row has both values.
+    """
+    worst = np.fmin(table["completeness"].to_numpy(float), table["purity"].to_numpy(float))
+    if np.isnan(worst).all():
+        raise ValueError("no threshold with both completeness and purity defined")
+    return float(table["threshold"].to_numpy()[int(np.nanargmax(worst))])
+
+
 def detector_metrics(
-    dets: list, truths: list[np.ndarray], meta: pd.DataFrame, label, params: ClusterFinderParams
-) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Completeness, purity, AP@0.5 and the curves (see the module docstring).
+    dets: list, truths: list[np.ndarray], meta: pd.DataFrame, label, params: ClusterFinderParams,
+    score_threshold: float,
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Completeness, purity, AP@0.5 and the curves at a score threshold (module docstring).
+
+    Parameters
+    ----------
+    dets, truths, meta, label, params
+        As :func:`detection_curve`.
+    score_threshold : float
+        In [0, 1] (the resolved ``detection.score_threshold``).
 
     Returns
     -------
     metrics : dict
+        ``completeness`` (counted truths), ``purity``, ``completeness_all`` (every truth),
+        ``completeness_rich`` (``λ >= min_richness``, any z), ``false_positives_empty``,
+        ``ap50``, ``n_truths`` (counted), ``score_threshold``.
     curve : pandas.DataFrame
-        Per threshold: completeness (rich truths), purity, false positives on empty fields.
+        Per threshold (:func:`detection_curve`).
     per_truth : pandas.DataFrame
-        ``meta`` plus ``detected`` at the score threshold and the matched score.
+        ``meta`` plus ``counted``, ``detected`` at the score threshold and the matched score.
     """
     d = params.detection
-    images = [(b, s, t) for (b, s), t in zip(dets, truths, strict=True)]
-    thresholds = np.union1d(THRESHOLDS, [d.score_threshold])
-    cp = completeness_purity(images, thresholds, d.match_iou)
-    rich = meta["richness"].to_numpy() >= d.min_richness
-    table = cp.table.copy()
-    table["completeness"] = (cp.detected[rich].mean(axis=0) if rich.any()
-                             else np.full(len(thresholds), np.nan))  # fmt: skip
-    n_empty = max(int((np.asarray(label) == 0).sum()), 1)
-    table["false_positives_per_empty_field"] = table["n_false_positive_empty"] / n_empty
-    at = int(np.argmin(np.abs(thresholds - d.score_threshold)))
+    thresholds = np.union1d(THRESHOLDS, [score_threshold])
+    table, cp = detection_curve(dets, truths, meta, label, params, thresholds)
+    counted = counted_truths(meta, params)
+    at = int(np.argmin(np.abs(thresholds - score_threshold)))
     per_truth = meta.copy()
+    per_truth["counted"] = counted
     per_truth["detected"] = cp.detected[:, at]
     per_truth["score"] = cp.truth_score
     row = table.iloc[at]
+    rich = meta["richness"].to_numpy() >= d.min_richness
+    images = [(b, s, t) for (b, s), t in zip(dets, truths, strict=True)]
     m = {
         "completeness": float(row["completeness"]),
         "purity": float(row["purity"]),
         "completeness_all": float(cp.detected[:, at].mean()) if len(meta) else float("nan"),
+        "completeness_rich": float(cp.detected[rich, at].mean()) if rich.any() else float("nan"),
         "false_positives_empty": float(row["false_positives_per_empty_field"]),
         "ap50": float(average_precision(images, iou_threshold=0.5)),
-        "n_truths": int(rich.sum()),
+        "n_truths": int(counted.sum()),
+        "score_threshold": float(score_threshold),
     }
     return m, table, per_truth
 
@@ -270,9 +370,18 @@ def evaluate(params: ClusterFinderParams, paths: StudyPaths) -> dict[str, float]
     metrics.update(_prefixed("classifier", classifier_metrics(prob, label)))
 
     detector = load_detector(models / "detector")
+    threshold = params.detection.score_threshold
+    if threshold == "val":  # chosen on the validation images, never on the test split
+        val_shard = prepared / "images_val.h5"
+        val_truths, val_meta, val_label = _truths(val_shard)
+        val_dets = detect_images(detector, val_shard, score_threshold=float(THRESHOLDS[0]),
+                                 iou_threshold=params.detection.iou_threshold)  # fmt: skip
+        threshold = balanced_threshold(
+            detection_curve(val_dets, val_truths, val_meta, val_label, params)[0]
+        )
     dets = detect_images(detector, shard, score_threshold=float(THRESHOLDS[0]),
                          iou_threshold=params.detection.iou_threshold)  # fmt: skip
-    m, curve, per_truth = detector_metrics(dets, truths, meta, label, params)
+    m, curve, per_truth = detector_metrics(dets, truths, meta, label, params, threshold)
     metrics.update(_prefixed("detector", m))
 
     mm, members = member_metrics(params, prepared, models)
@@ -281,7 +390,7 @@ def evaluate(params: ClusterFinderParams, paths: StudyPaths) -> dict[str, float]
         metrics.update(reference_scatter(params.data.reference_clusters))
     metrics["n_test_images"] = len(label)
 
-    _plots(plots_dir, shard, dets, truths, curve, per_truth, members, params)
+    _plots(plots_dir, shard, dets, truths, curve, per_truth, members, params, threshold)
     write_evaluation(
         metrics, metrics_path, reports_dir,
         {"detection_curve.csv": curve, "truth_detection.csv": per_truth,
@@ -300,13 +409,17 @@ def _binned(per_truth: pd.DataFrame, col: str, edges) -> tuple[np.ndarray, np.nd
     return (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2, np.asarray(c, float)
 
 
-def _plots(plots_dir: Path, shard: Path, dets, truths, curve, per_truth, members, params) -> None:
+def _plots(
+    plots_dir: Path, shard: Path, dets, truths, curve, per_truth, members, params, threshold: float
+) -> None:
     plots_dir = Path(plots_dir)
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(curve["threshold"], curve["completeness"], label=f"completeness (λ ≥ "
-            f"{params.detection.min_richness:g})")  # fmt: skip
+    d = params.detection
+    zcut = "" if d.z_max is None else f", z ≤ {d.z_max:g}"
+    ax.plot(curve["threshold"], curve["completeness"],
+            label=f"completeness (λ ≥ {d.min_richness:g}{zcut})")  # fmt: skip
     ax.plot(curve["threshold"], curve["purity"], label="purity")
-    ax.axvline(params.detection.score_threshold, color="k", lw=0.6, ls=":")
+    ax.axvline(threshold, color="k", lw=0.6, ls=":")
     ax.set_xlabel("score threshold")
     ax.set_ylabel(f"fraction (IoU ≥ {params.detection.match_iou:g})")
     ax.set_ylim(0, 1.02)
@@ -314,12 +427,22 @@ def _plots(plots_dir: Path, shard: Path, dets, truths, curve, per_truth, members
     plots.save_figure(fig, plots_dir / "completeness_purity.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, col, edges, lab in (
-        (axes[0], "z", np.linspace(0.05, 0.6, 8), "redshift z"),
-        (axes[1], "richness", np.geomspace(5, 300, 8), "richness λ"),
+    rich = per_truth["richness"] >= d.min_richness
+    low_z = per_truth["z"] <= (np.inf if d.z_max is None else d.z_max)
+    for ax, col, edges, lab, sel in (
+        (axes[0], "z", np.linspace(0.05, 0.6, 8), f"redshift z (λ ≥ {d.min_richness:g})", rich),
+        (
+            axes[1],
+            "richness",
+            np.geomspace(5, 300, 8),
+            "richness λ" if d.z_max is None else f"richness λ (z ≤ {d.z_max:g})",
+            low_z,
+        ),
     ):
-        x, c = _binned(per_truth, col, edges)
+        x, c = _binned(per_truth[sel], col, edges)
         ax.plot(x, c, "o-")
+        if col == "z" and d.z_max is not None:
+            ax.axvline(d.z_max, color="k", lw=0.6, ls=":")
         ax.set_xlabel(lab)
         ax.set_ylabel("completeness")
         ax.set_ylim(0, 1.05)
@@ -347,7 +470,7 @@ def _plots(plots_dir: Path, shard: Path, dets, truths, curve, per_truth, members
             ax.imshow(imgs[i].mean(axis=0), origin="lower", cmap="gray")
             for b, colour in [(t, "lime") for t in truths[i]] + [
                     (b, "red") for b, s in zip(*dets[i], strict=True)
-                    if s >= params.detection.score_threshold]:  # fmt: skip
+                    if s >= threshold]:  # fmt: skip
                 ax.add_patch(plt.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False,
                                            color=colour, lw=1))  # fmt: skip
             ax.set_xticks([])

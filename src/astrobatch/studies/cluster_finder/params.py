@@ -153,10 +153,20 @@ class ImageModelParams(Strict):
 class DetectorEval(Strict):
     """Decoding and matching of detections."""
 
-    score_threshold: Fraction = 0.3
+    score_threshold: Fraction | Literal["val"] = Field(
+        "val",
+        description="a score in [0, 1], or 'val': the threshold of the curve's grid where "
+        "min(completeness, purity) is largest on the validation images",
+    )
     iou_threshold: Fraction = Field(0.45, description="NMS")
     match_iou: Fraction = Field(0.5, description="a detection matches a truth at IoU >= this")
     min_richness: float = Field(20.0, ge=0, description="truths counted in completeness")
+    z_max: float | None = Field(
+        0.35,
+        gt=0,
+        description="truths counted in completeness have z <= z_max (redMaPPer SDSS DR8 is "
+        "volume limited to z ~ 0.35, Rykoff et al. 2014); null: every redshift",
+    )
 
 
 class SamplingParams(Strict):
