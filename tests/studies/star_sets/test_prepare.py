@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,7 +17,7 @@ from astrobatch.errors import InputError
 from astrobatch.io.sets import read_csr_h5, write_upstream_npz
 from astrobatch.io.shards import open_shard
 from astrobatch.params import SplitParams
-from astrobatch.studies.star_sets.prepare import prepare, split_runs
+from astrobatch.studies.star_sets.prepare import expand_inputs, prepare, split_runs
 from tests.conftest import shared_data_dir, tiny_params
 
 
@@ -168,3 +171,32 @@ def test_prepare_empty_snapshot(tmp_path, tiny_raw):
     bad = _corrupt(tmp_path, tiny_raw, empty_first)
     with pytest.raises(InputError, match="has no stars; expected at least 1"):
         prepare(tiny_params(data={"raw_path": str(bad)}).data, tmp_path / "out")
+
+
+def test_folder_input_keeps_the_pattern_and_names_runs_by_folder(tmp_path):
+    src = Path("data/external/star_sets")
+    assert (src / "LICENSE-clustertools").is_file()  # a non-data file beside the snapshots
+    root = tmp_path / "runs"
+    for run, snap in (("run_a", "conf.3_0"), ("run_b", "conf.3_20")):
+        (root / run).mkdir(parents=True)
+        shutil.copy(src / snap, root / run / snap)
+        (root / run / "LICENSE").write_text("not a snapshot\n")
+    (root / ".hidden").mkdir()
+    shutil.copy(src / "conf.3_0", root / ".hidden" / "conf.3_0")
+    assert [q.name for q in expand_inputs(str(src), "**/conf.3_*")] == ["conf.3_0", "conf.3_20"]
+    assert "LICENSE-clustertools" in [q.name for q in expand_inputs(str(src))]  # no pattern: all
+    split = {"train": 0.5, "val": 0.0, "test": 0.5}
+    p = tiny_params(data={"raw_path": str(root), "raw_format": "nbody6_out3", "split": split})
+    manifest = prepare(p.data, tmp_path / "out")
+    assert sorted(r for rs in manifest["runs"].values() for r in rs) == ["run_a", "run_b"]
+    assert sum(manifest["n_snapshots"].values()) == 2  # the hidden copy and LICENSEs ignored
+    # one run id for every snapshot: cannot be split by run, and nothing is written
+    p1 = tiny_params(data={"raw_path": str(root), "raw_format": "nbody6_out3", "split": split,
+                           "run_id": "one_run"})  # fmt: skip
+    with pytest.raises(InputError, match="1 run"):
+        prepare(p1.data, tmp_path / "out1")
+    assert not (tmp_path / "out1").exists()
+    # a folder with no file of the pattern: one message naming folder and key
+    with pytest.raises(InputError, match=re.escape("no file named like 'conf.3_9*'")) as err:
+        expand_inputs(str(root / "run_a"), "conf.3_9*")
+    assert err.value.key == "data.raw_pattern"

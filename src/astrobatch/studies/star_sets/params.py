@@ -75,6 +75,16 @@ class StarSetsData(Strict):
 
     raw_path: str = "data/raw/star_sets/snapshots.h5"
     raw_format: Literal["hdf5", "upstream_npz", "nbody6_out3"] = "hdf5"
+    raw_pattern: str | None = Field(
+        None,
+        description="glob of the files kept when raw_path is a folder (null: the format's own "
+        "naming, **/conf.3_* for nbody6_out3, *.npz for upstream_npz); other files are ignored",
+    )
+    run_id: str | None = Field(
+        None,
+        description="run id of nbody6_out3 snapshots (null: the name of each file's folder, "
+        "one NBODY6 run per folder)",
+    )
     features: list[str] = Field(
         default_factory=lambda: ["x", "y", "z", "vx", "vy", "vz"], min_length=1
     )

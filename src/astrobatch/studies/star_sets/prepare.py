@@ -10,6 +10,12 @@ Inputs (``star_sets.data.raw_format``):
   targets computed with the simulator's definition
   (:func:`astrobatch.studies.star_sets.physics.snapshot_targets`).
 
+A folder keeps only the files named like ``data.raw_pattern`` (default ``**/conf.3_*`` for
+OUT3, in the folder and its run sub-folders; ``*.npz`` for the upstream shards), so licences
+and notes can sit beside the data and DVC tracks the folder. A glob works from the CLI only
+(under DVC the path is a stage dependency). OUT3 run ids are ``data.run_id`` or, by default,
+each file's folder name: one NBODY6++ run per folder; splits are by run.
+
 Outputs in ``data/prepared/star_sets/``: ``manifest.json`` (runs per split),
 ``scalers.json`` and ``{train,val,test}.h5`` shards (:mod:`astrobatch.io.shards`, columns
 of :func:`astrobatch.data.layouts.set_layout`).
@@ -167,20 +173,50 @@ class H5Source(RawSource):
         self.f.close()
 
 
-def _expand(path: str) -> list[Path]:
+#: File-name pattern of each format's files inside a raw folder (``data.raw_pattern: null``).
+DEFAULT_PATTERNS: dict[str, str] = {"nbody6_out3": "**/conf.3_*", "upstream_npz": "*.npz"}
+
+
+def expand_inputs(path: str, pattern: str | None = None) -> list[Path]:
+    """The input files of a raw path: a file, a folder (+ a name pattern) or a glob.
+
+    Parameters
+    ----------
+    path : str
+        One file, a folder or a glob (``*?[``; from the CLI only: under DVC the path is a
+        stage dependency, so give a folder and ``pattern``).
+    pattern : str, optional
+        :meth:`pathlib.Path.glob` pattern of the files kept in a folder, relative to it
+        (``**/`` reaches sub-folders: ``**/conf.3_*`` is every OUT3 snapshot of a folder of
+        run folders); default ``*``, every visible file. Ignored for a file or a glob.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Sorted; hidden files and folders left out.
+
+    Raises
+    ------
+    InputError
+        If nothing matches (the message names the folder and the pattern).
+    """
     p = Path(path)
     if p.is_dir():
-        files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
-    elif any(c in path for c in "*?["):
-        files = [Path(q) for q in sorted(glob.glob(path))]
-    else:
-        files = [p]
+        found = (q for q in p.glob(pattern or "*") if q.is_file())
+        files = sorted(q for q in found if not any(s[0] == "." for s in q.relative_to(p).parts))
+        if not files:
+            what = f"no file named like {pattern!r}" if pattern else "no file"
+            raise InputError(f"{what} in the folder", path, key="data.raw_pattern")
+        return files
+    files = [Path(q) for q in sorted(glob.glob(path))] if any(c in path for c in "*?[") else [p]
     if not files:
         raise InputError("no input files match", path)
     return files
 
 
-def nbody6_to_sets(paths: Sequence[str | Path], r_gc_kpc: float = 8.0) -> CSRSets:
+def nbody6_to_sets(
+    paths: Sequence[str | Path], r_gc_kpc: float = 8.0, run_id: str | None = None
+) -> CSRSets:
     """Convert NBODY6++ OUT3 snapshots to the raw star-set layout.
 
     Positions and velocities are re-centred on the density centre and the
@@ -195,13 +231,17 @@ def nbody6_to_sets(paths: Sequence[str | Path], r_gc_kpc: float = 8.0) -> CSRSet
         OUT3 files (one snapshot each).
     r_gc_kpc : float
         Galactocentric radius of the assumed orbit, kpc.
+    run_id : str, optional
+        The run every snapshot belongs to; default the name of each file's folder (NBODY6++
+        writes a run's snapshots ``conf.3_<time>`` into its run directory, so snapshots of one
+        run share a split and runs in sibling folders are told apart).
 
     Returns
     -------
     CSRSets
         Star columns ``x, y, z`` (pc), ``vx, vy, vz`` (km/s), ``mass`` (Msun);
-        per-snapshot targets, ``run_id`` (the file's folder name + stem prefix),
-        ``snapshot_id`` and ``source`` (file name).
+        per-snapshot targets, ``run_id``, ``snapshot_id`` (position in ``paths``),
+        ``source`` (file name) and ``time`` (Myr).
 
     Raises
     ------
@@ -224,7 +264,7 @@ def nbody6_to_sets(paths: Sequence[str | Path], r_gc_kpc: float = 8.0) -> CSRSet
             "mass": snap.mass,
         }  # fmt: skip
         sets = {
-            "run_id": np.array([Path(p).stem.split("_")[0]]),
+            "run_id": np.array([run_id if run_id is not None else Path(p).resolve().parent.name]),
             "snapshot_id": np.array([i], dtype=np.int64),
             "source": np.array([Path(p).name]),
             "time": np.array([snap.time_myr]),
@@ -246,22 +286,38 @@ def nbody6_to_sets(paths: Sequence[str | Path], r_gc_kpc: float = 8.0) -> CSRSet
     return CSRSets.concatenate(parts).validate(str(paths[0]))
 
 
-def open_raw(path: str, raw_format: str, r_gc_kpc: float = 8.0) -> RawSource:
+def open_raw(
+    path: str, raw_format: str, r_gc_kpc: float = 8.0, pattern: str | None = None,
+    run_id: str | None = None,
+) -> RawSource:  # fmt: skip
     """Open a raw input of any supported format as a :class:`RawSource`.
+
+    Parameters
+    ----------
+    path : str
+        The HDF5 file, or for the other formats a file, a folder or a glob
+        (:func:`expand_inputs`).
+    raw_format : {"hdf5", "upstream_npz", "nbody6_out3"}
+    r_gc_kpc : float
+        Galactocentric radius of the OUT3 runs' orbit, kpc.
+    pattern : str, optional
+        File-name pattern in a folder (default :data:`DEFAULT_PATTERNS` of the format).
+    run_id : str, optional
+        Run id of OUT3 snapshots (:func:`nbody6_to_sets`).
 
     Raises
     ------
     InputError
-        Missing or malformed file.
+        Missing or malformed file, or a folder without matching files.
     """
     if raw_format == "hdf5":
         return H5Source(path)
-    files = _expand(path)
+    files = expand_inputs(path, pattern or DEFAULT_PATTERNS.get(raw_format))
     if raw_format == "upstream_npz":
         data = CSRSets.concatenate([read_upstream_npz(f) for f in files])
         data.sets["snapshot_id"] = np.arange(data.n_sets, dtype=np.int64)
     elif raw_format == "nbody6_out3":
-        data = nbody6_to_sets(files, r_gc_kpc)
+        data = nbody6_to_sets(files, r_gc_kpc, run_id)
     else:  # validated by params; kept for direct API calls
         raise InputError(f"unknown raw format {raw_format!r}", path)
     return MemorySource(data, path)
@@ -455,7 +511,8 @@ def prepare(
         Missing/malformed raw data, NaN features or targets, empty snapshots,
         missing target or run_id, fewer runs than splits.
     """
-    src = open_raw(params.raw_path, params.raw_format, r_gc_kpc)
+    src = open_raw(params.raw_path, params.raw_format, r_gc_kpc, params.raw_pattern,
+                   params.run_id)  # fmt: skip
     try:
         return _prepare(src, params, Path(out_dir), progress)
     finally:
