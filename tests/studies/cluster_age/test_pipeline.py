@@ -148,6 +148,16 @@ def test_train_evaluate_end_to_end(raw_file, tmp_path):
     assert np.isclose(m["test/mdae_log_age"], mdae)
     # random guessing is worse than the mean on average (it adds the target variance)
     assert m["baseline/random/test/rmse_log_age"] > m["baseline/mean/test/rmse_log_age"]
+    # the photometric baseline uses the aperture photometry of the cutouts (what real data
+    # gives); the simulator's catalogue magnitudes are a separate, labelled upper bound
+    from astrobatch.studies.cluster_age.evaluate import photometric_baseline
+
+    for source, col in (("aperture", "log_age_photometric"),
+                        ("catalogue", "log_age_photometric_catalogue")):  # fmt: skip
+        refit = photometric_baseline(tmp_path / "prep", p.seed, source)["test"]
+        assert np.allclose(t[col].to_numpy(), refit)
+    assert not np.allclose(t.log_age_photometric, t.log_age_photometric_catalogue)
+    assert np.isfinite(m["baseline/photometric_catalogue/test/mdae_log_age"])
     for name in ("loss_curves", "pred_vs_true", "input_hist", "output_hist", "example_cutouts"):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
 

@@ -71,34 +71,67 @@ def _subsets(true: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def photometric_features(prepared_dir: Path, split: str) -> tuple[np.ndarray, str]:
-    """Magnitudes and adjacent colours of one split, shape (n, 2C - 1), and their source."""
+def photometric_features(prepared_dir: Path, split: str, source: str = "aperture") -> np.ndarray:
+    """Magnitudes and adjacent colours of one split, shape (n, 2C - 1), float64, Vega mag.
+
+    Parameters
+    ----------
+    prepared_dir : pathlib.Path
+        Prepared shards (``<split>.h5``).
+    split : str
+    source : {"aperture", "catalogue"}
+        ``aperture``: the ``photometry`` column, measured on each cutout at prepare (what a
+        real PHANGS/LEGUS cutout gives); ``catalogue``: ``catalogue_magnitudes``, the
+        magnitudes the simulator rendered the cutouts from (simulated data only: an upper
+        bound, not a baseline real data can have).
+
+    Raises
+    ------
+    KeyError
+        If the shard has no such column.
+    """
+    column = {"aperture": "photometry", "catalogue": "catalogue_magnitudes"}[source]
     with open_shard(prepared_dir / f"{split}.h5") as f:
-        if "catalogue_magnitudes" in f:
-            mags, source = f["catalogue_magnitudes"][:], "catalogue"
-        else:
-            mags, source = f["photometry"][:], "aperture"
-    mags = mags.astype(np.float64)
+        mags = f[column][:].astype(np.float64)
     colours = mags[:, :-1] - mags[:, 1:]
-    return np.concatenate([mags, colours], axis=1), source
+    return np.concatenate([mags, colours], axis=1)
 
 
-def photometric_baseline(prepared_dir: Path, seed: int) -> tuple[dict[str, np.ndarray], str]:
+def has_catalogue_magnitudes(prepared_dir: Path) -> bool:
+    """Whether the prepared shards carry ``catalogue_magnitudes`` (simulated inputs)."""
+    with open_shard(prepared_dir / "train.h5") as f:
+        return "catalogue_magnitudes" in f
+
+
+def photometric_baseline(
+    prepared_dir: Path, seed: int, source: str = "aperture"
+) -> dict[str, np.ndarray]:
     """Gradient boosting from magnitudes/colours to log age, fitted on train.
 
-    Returns predictions per split (log10 yr) and the photometry source.
-    Uses :class:`sklearn.ensemble.HistGradientBoostingRegressor` (missing
-    magnitudes are handled natively).
+    Parameters
+    ----------
+    prepared_dir : pathlib.Path
+    seed : int
+    source : {"aperture", "catalogue"}
+        The magnitudes (:func:`photometric_features`).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Predictions per split, shape (n_split,), log10 yr.
+
+    Notes
+    -----
+    :class:`sklearn.ensemble.HistGradientBoostingRegressor` (missing magnitudes are
+    handled natively).
     """
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    feats = {}
-    for s in SPLITS:
-        feats[s], source = photometric_features(prepared_dir, s)
+    feats = {s: photometric_features(prepared_dir, s, source) for s in SPLITS}
     y = read_log_age(prepared_dir, "train")
     gbr = HistGradientBoostingRegressor(random_state=seed, max_iter=300, early_stopping=True)
     gbr.fit(feats["train"], y)
-    return {s: gbr.predict(feats[s]) for s in SPLITS}, source
+    return {s: gbr.predict(feats[s]) for s in SPLITS}
 
 
 @staged_outputs("plots", "reports", "metrics")
@@ -134,7 +167,9 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     dm = CutoutDataModule(datasets, params.training.batch_size, params.seed)
     rng = np.random.default_rng(params.seed)
     train_true = read_log_age(prepared_dir, "train")
-    phot_pred, phot_source = photometric_baseline(prepared_dir, params.seed)
+    phot_pred = photometric_baseline(prepared_dir, params.seed, "aperture")
+    upper = (photometric_baseline(prepared_dir, params.seed, "catalogue")
+             if has_catalogue_magnitudes(prepared_dir) else None)  # fmt: skip
     metrics: dict[str, float] = {}
     rows, preds = [], {}
     for split in SPLITS:
@@ -154,6 +189,8 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
                 "median": np.full(n, np.median(train_true)),
                 "photometric": phot_pred[split][sel],
             }
+            if upper is not None:
+                const["photometric_catalogue"] = upper[split][sel]
             for b, p in const.items():
                 metrics.update(_block(f"baseline/{b}/{name}", p, true[sel]))
             draws = [
@@ -168,14 +205,13 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
             pd.DataFrame({
                 "split": split, "cluster_id": ids, "galaxy_id": gal, "log_age_true": true,
                 "log_age_pred": pred, "log_age_photometric": phot_pred[split],
-            })
+            } | ({"log_age_photometric_catalogue": upper[split]} if upper is not None else {}))
         )  # fmt: skip
     base = metrics["baseline/mean/test/mdae_log_age"]
     metrics["test/mdae_log_age_over_mean_baseline"] = metrics["test/mdae_log_age"] / base
     phot = metrics["baseline/photometric/test/mdae_log_age"]
     metrics["test/mdae_log_age_over_photometric"] = metrics["test/mdae_log_age"] / phot
     metrics["n_train"] = int(manifest["counts"]["train"])
-    metrics["photometric_source_is_catalogue"] = int(phot_source == "catalogue")
     _plots(params, prepared_dir, live_dir, plots_dir, preds, datasets, transform)
     predictions = pd.concat(rows, ignore_index=True)
     write_evaluation(
@@ -185,7 +221,8 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
          "pred_vs_true.csv": pd.DataFrame({"true_log_age": preds["test"][1],
                                            "predicted_log_age": preds["test"][0]})},
         headline=HEADLINE,
-        units={c: "dex(yr)" for c in ("log_age_true", "log_age_pred", "log_age_photometric")},
+        units={c: "dex(yr)" for c in ("log_age_true", "log_age_pred", "log_age_photometric",
+                                      "log_age_photometric_catalogue")},
     )  # fmt: skip
     return metrics
 
