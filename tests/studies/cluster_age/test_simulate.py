@@ -198,6 +198,27 @@ def test_draws_span_the_catalogue():
     np.testing.assert_allclose(cl["mags"], parent.mags[cl["parent"]] + (mu - 29.98)[:, None])
     assert [g.name for g in gals] == ["MOCK_01", "MOCK_02", "MOCK_03"]
     assert len({g.distance_mpc for g in gals}) == 3
+    # a catalogue of a farther galaxy (NGC 1566, mu = 31.28) is moved by that distance instead
+    q = tiny(n_clusters=2 * len(parent), age_jitter_dex=0.0, mag_error_scale=0.0,
+             catalogue_distance_modulus=31.28)  # fmt: skip
+    far = draw_clusters(q, parent, gals, np.random.default_rng(1))
+    mu_far = np.array([g.distance_modulus for g in gals])[far["galaxy"]]
+    np.testing.assert_allclose(far["mags"], parent.mags[far["parent"]] + (mu_far - 31.28)[:, None])
+
+
+NGC1566 = CATALOGUE.parent / (
+    "hlsp_legus_hst_wfc3_ngc1566_multiband_v1_padagb-mwext-avgapcor.tab.gz"
+)
+
+
+def test_ngc1566_tab_drives_the_simulator(tmp_path):
+    parent = load_parent_catalogue(NGC1566)
+    assert len(parent) == 1573 and np.isfinite(parent.mags).all()
+    s = simulate_to_file(tiny(catalogue_path=str(NGC1566), catalogue_distance_modulus=31.28),
+                         tmp_path / "n1566.h5")  # fmt: skip
+    assert s["n_clusters"] == 12
+    with open_cutouts(tmp_path / "n1566.h5") as f:
+        assert f.shape == (12, 5, 32, 32) and f.log_ages.max() <= 8.6  # NGC 1566: <= 3e8 yr
 
 
 @needs_catalogue

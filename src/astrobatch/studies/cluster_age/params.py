@@ -26,7 +26,14 @@ class ClusterAgeSimulate(Strict):
     seed: int = Field(11, description="seed of the simulated data set (not of training)")
     catalogue_path: str = Field(
         "data/external/cluster_age/ngc628_Catalog.csv",
-        description="LEGUS cluster catalogue (NGC 628) giving age, mass, E(B-V), 5-band mags",
+        description="LEGUS cluster catalogue (CSV export or MAST .tab, plain or gzip) giving "
+        "age, mass, E(B-V), 5-band mags",
+    )
+    catalogue_distance_modulus: float = Field(
+        29.98,
+        gt=0,
+        description="distance modulus of the catalogue's galaxy, mag (NGC 628: 29.98, 9.9 Mpc; "
+        "NGC 1566: 31.28, 18 Mpc, Calzetti et al. 2015 Table 1)",
     )
     n_clusters: int = Field(2400, ge=10, description="cutouts to simulate")
     n_galaxies: int = Field(6, ge=1, description="mock host galaxies (distinct galaxy_ids)")

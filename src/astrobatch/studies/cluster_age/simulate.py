@@ -92,7 +92,6 @@ from astrobatch.io.legus import read_legus_catalogue, select_clusters
 from astrobatch.studies.cluster_age.params import CLUSTER_AGE_BANDS, ClusterAgeSimulate
 from astrobatch.studies.cluster_age.photometry import ZEROPOINTS_VEGA, mag_to_counts
 from astrobatch.studies.cluster_age.physics import (
-    DISTANCE_MODULUS_NGC628,
     FILTER_CURVES,
     FieldPopulation,
     death_mass,
@@ -191,7 +190,13 @@ def load_parent_catalogue(path: str | Path) -> ParentCatalogue:
     Parameters
     ----------
     path : str or pathlib.Path
-        LEGUS catalogue CSV (:func:`astrobatch.io.legus.read_legus_catalogue`).
+        LEGUS catalogue: the CSV export or a MAST HLSP ``.tab``, plain or
+        gzip-compressed, told apart by content
+        (:func:`astrobatch.io.legus.read_legus_catalogue`). The magnitudes are
+        apparent, at the catalogue galaxy's distance
+        (``simulate.catalogue_distance_modulus``: 29.98 for NGC 628, 31.28 for
+        NGC 1566), which :func:`draw_clusters` removes before moving the clusters
+        to the mock hosts.
 
     Returns
     -------
@@ -350,7 +355,7 @@ def draw_clusters(
     )
     log_age = np.clip(log_age, *LOG_AGE_LIMITS)
     sigma = np.minimum(parent.errors[rows], MAX_MAG_JITTER) * p.mag_error_scale
-    shift = np.array([g.distance_modulus for g in galaxies])[gal] - DISTANCE_MODULUS_NGC628
+    shift = np.array([g.distance_modulus for g in galaxies])[gal] - p.catalogue_distance_modulus
     mags = parent.mags[rows] + rng.normal(0.0, 1.0, (n, 5)) * sigma + shift[:, None]
     return {
         "parent": rows.astype(np.int64),
@@ -746,7 +751,7 @@ def simulate_to_file(
         "pixel_scale_arcsec": float(p.pixel_scale_arcsec),
         "psf_fwhm_arcsec": float(p.psf_fwhm_arcsec),
         "cluster_centre_px": [p.image_size // 2, p.image_size // 2],
-        "reference_distance_modulus": DISTANCE_MODULUS_NGC628,
+        "reference_distance_modulus": p.catalogue_distance_modulus,
         "galaxies": {
             g.name: {
                 "distance_mpc": g.distance_mpc,
