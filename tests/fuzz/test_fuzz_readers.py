@@ -117,6 +117,17 @@ def make_legus(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def make_legus_tab(path: Path) -> None:
+    """The MAST HLSP ``.tab`` layout (35 whitespace-separated columns, no header)."""
+    rows = []
+    for i in range(1, 5):
+        phot = [22.0, 0.1, 22.1, 0.05, 99.999, 99.999, 22.3, 0.04, 22.4, 0.04]
+        sed = [1e7 * i, 2e7, 5e6, 1e4, 2e4, 5e3, 0.1, 0.2, 0.0]
+        rest = [0.1] * 5 + [1.2, 0.8, 5, 1 + i % 3, 1.0]
+        rows.append([i, 100.0, 200.0, 24.17, 15.78, *phot, 1.5, *sed, *rest])
+    path.write_text("\n".join("  ".join(map(str, r)) for r in rows) + "\n")
+
+
 def make_out3(path: Path) -> None:
     n = 6
     rng = np.random.default_rng(2)
@@ -493,6 +504,27 @@ def _csv_mutation(data, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _tab_mutation(data, path: Path) -> None:
+    rows = [line.split() for line in path.read_text().splitlines()]
+    op = data.draw(st.sampled_from(["drop_cell", "text_cell", "extra_cell", "drop_rows",
+                                    "truncate", "nan_cell"]))  # fmt: skip
+    i = data.draw(st.integers(0, len(rows) - 1))
+    j = data.draw(st.integers(0, len(rows[i]) - 1))
+    if op == "drop_cell":
+        del rows[i][j]
+    elif op == "text_cell":
+        rows[i][j] = "abc"
+    elif op == "nan_cell":
+        rows[i][j] = "nan"
+    elif op == "extra_cell":
+        rows[i].append("1")
+    elif op == "drop_rows":
+        rows = []
+    else:
+        rows[i] = rows[i][: j + 1]
+    path.write_text("\n".join(" ".join(r) for r in rows) + ("\n" if rows else ""))
+
+
 def _fits_mutation(data, path: Path) -> None:
     from astropy.table import Table
 
@@ -554,6 +586,7 @@ READERS = [
     Reader("sets_npz", ".npz", make_sets_npz, read_sets_npz, _npz_mutation),
     Reader("cutouts", ".h5", make_cutouts, read_cutouts, _h5_mutation),
     Reader("legus", ".csv", make_legus, read_legus, _csv_mutation),
+    Reader("legus_tab", ".tab", make_legus_tab, read_legus, _tab_mutation),
     Reader("nbody6_out3", "", make_out3, read_out3_all, _out3_mutation),
     Reader("gaia_xp_csv", ".csv", lambda p: shutil.copy(XP_DIR / "XP_CONTINUOUS_RAW.csv", p),
            read_xp, _csv_mutation),
