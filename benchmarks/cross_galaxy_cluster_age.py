@@ -89,7 +89,7 @@ def main() -> None:
     pred, phot, true = (np.concatenate(v) for v in (pred, phot, true))
     same = json.loads(Path("metrics/cluster_age.json").read_text())
     result = {
-        "n_ngc1566": int(len(true)),
+        "n_ngc1566": len(true),
         "cnn_mdae_ngc1566": age_metrics(pred, true)["mdae"],
         "photometric_mdae_ngc1566": age_metrics(phot, true)["mdae"],
         "mean_baseline_mdae_ngc1566": age_metrics(
