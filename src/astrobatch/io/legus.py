@@ -411,44 +411,40 @@ def _read_tab(path: Path) -> pd.DataFrame:
     return df
 
 
+def _raise_at_first(bad: np.ndarray, path: Path, key: str, message) -> None:
+    """InputError ``message(i)`` at the first True row ``i`` of ``bad`` (nothing if none)."""
+    if bad.any():
+        raise InputError(message(int(np.flatnonzero(bad)[0])), path=path, key=key)
+
+
 def _check_hybrid_classes(df: pd.DataFrame, path: Path, line_no: list[int]) -> None:
     """Class columns in 0..4 and column 34 = the class the method flag (column 35) designates."""
     key_of = {"class_mode": "col34"} | {
         name: f"col{35 + j}" for j, name in enumerate(TAB_HYBRID_EXTRA_COLUMNS)
     }
     for name in ("class_mode", *TAB_HYBRID_EXTRA_COLUMNS[1:]):
-        bad = ~df[name].isin(CLASSES).to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"expected a LEGUS class in {CLASSES} in column {name!r}, got "
-                f"{int(df[name].iloc[i])} in line {line_no[i]}",
-                path=path,
-                key=key_of[name],
-            )
+        _raise_at_first(
+            ~df[name].isin(CLASSES).to_numpy(), path, key_of[name],
+            lambda i, name=name: f"expected a LEGUS class in {CLASSES} in column {name!r}, got "
+            f"{int(df[name].iloc[i])} in line {line_no[i]}",
+        )  # fmt: skip
     method = df["class_method"].to_numpy()
-    bad = ~np.isin(method, list(HYBRID_CLASS_SOURCE))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"expected a classification-method flag in {tuple(HYBRID_CLASS_SOURCE)} in column "
-            f"'class_method', got {int(method[i])} in line {line_no[i]}",
-            path=path,
-            key="col35",
-        )
+    _raise_at_first(
+        ~np.isin(method, list(HYBRID_CLASS_SOURCE)), path, "col35",
+        lambda i: f"expected a classification-method flag in {tuple(HYBRID_CLASS_SOURCE)} in "
+        f"column 'class_method', got {int(method[i])} in line {line_no[i]}",
+    )  # fmt: skip
     mode = df["class_mode"].to_numpy()
     for flag, source in HYBRID_CLASS_SOURCE.items():
-        bad = (method == flag) & (mode != df[source].to_numpy())
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InputError(
+        _raise_at_first(
+            (method == flag) & (mode != df[source].to_numpy()), path, "col34",
+            lambda i, flag=flag, source=source: (
                 f"expected column 34 (class_mode, the hybrid class) to equal {source} "
                 f"({key_of[source]}) where class_method is {flag}, got {int(mode[i])} and "
                 f"{int(df[source].iloc[i])} in line {line_no[i]}: not the 39-column hybrid "
-                "layout of the LEGUS NGC 1566 catalogue",
-                path=path,
-                key="col34",
-            )
+                "layout of the LEGUS NGC 1566 catalogue"
+            ),
+        )  # fmt: skip
 
 
 def _standardise(
