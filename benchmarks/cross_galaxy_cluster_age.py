@@ -35,12 +35,13 @@ def main() -> None:
     ap.add_argument("--prepared", default="data/prepared/cluster_age")
     args = ap.parse_args()
 
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     from astrobatch.data.images import CutoutDataModule
     from astrobatch.evaluate.metrics import age_metrics
     from astrobatch.params import load_params
-    from astrobatch.studies.cluster_age.evaluate import photometric_features
+    from astrobatch.studies.cluster_age.evaluate import (
+        fit_photometric_baseline,
+        photometric_features,
+    )
     from astrobatch.studies.cluster_age.prepare import prepare
     from astrobatch.studies.cluster_age.simulate import simulate_to_file
     from astrobatch.studies.cluster_age.train import (
@@ -76,9 +77,7 @@ def main() -> None:
     model = load_model_weights(build_model(p, train_prep), model_dir / "best.ckpt")
     dm = CutoutDataModule(datasets, p.training.batch_size, p.seed)
 
-    x_train = photometric_features(train_prep, "train")
-    gbr = HistGradientBoostingRegressor(random_state=p.seed, max_iter=300, early_stopping=True)
-    gbr.fit(x_train, read_log_age(train_prep, "train"))
+    gbr = fit_photometric_baseline(train_prep, p.seed)  # on the NGC 628 training split
 
     pred, phot, true = [], [], []
     for split in ("train", "val", "test"):

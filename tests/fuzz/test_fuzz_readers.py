@@ -102,15 +102,21 @@ def make_cutouts(path: Path) -> None:
     )  # fmt: skip
 
 
-def make_legus(path: Path) -> None:
-    from astrobatch.io.legus import COLUMNS
-
+def _legus_rows() -> list[list]:
+    """Four valid rows of the 35 LEGUS catalogue columns."""
     rows = []
     for i in range(1, 5):
         phot = [22.0, 0.1, 22.1, 0.05, 99.999, 99.999, 22.3, 0.04, 22.4, 0.04]
         sed = [1e7 * i, 2e7, 5e6, 1e4, 2e4, 5e3, 0.1, 0.2, 0.0]
         rest = [0.1] * 5 + [1.2, 0.8, 5, 1 + i % 3, 1.0]
         rows.append([i, 100.0, 200.0, 24.17, 15.78, *phot, 1.5, *sed, *rest])
+    return rows
+
+
+def make_legus(path: Path) -> None:
+    from astrobatch.io.legus import COLUMNS
+
+    rows = _legus_rows()
     header = ",".join(f"Column{i + 1}" for i in range(len(COLUMNS) + 1))
     lines = ["\ufeff" + header] + ["," + ",".join(map(str, r)) for r in rows]
     lines.insert(3, "#" + "," * len(COLUMNS))
@@ -119,13 +125,7 @@ def make_legus(path: Path) -> None:
 
 def make_legus_tab(path: Path) -> None:
     """The MAST HLSP ``.tab`` layout (35 whitespace-separated columns, no header)."""
-    rows = []
-    for i in range(1, 5):
-        phot = [22.0, 0.1, 22.1, 0.05, 99.999, 99.999, 22.3, 0.04, 22.4, 0.04]
-        sed = [1e7 * i, 2e7, 5e6, 1e4, 2e4, 5e3, 0.1, 0.2, 0.0]
-        rest = [0.1] * 5 + [1.2, 0.8, 5, 1 + i % 3, 1.0]
-        rows.append([i, 100.0, 200.0, 24.17, 15.78, *phot, 1.5, *sed, *rest])
-    path.write_text("\n".join("  ".join(map(str, r)) for r in rows) + "\n")
+    path.write_text("\n".join("  ".join(map(str, r)) for r in _legus_rows()) + "\n")
 
 
 def make_out3(path: Path) -> None:

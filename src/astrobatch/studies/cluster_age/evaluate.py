@@ -103,10 +103,8 @@ def has_catalogue_magnitudes(prepared_dir: Path) -> bool:
         return "catalogue_magnitudes" in f
 
 
-def photometric_baseline(
-    prepared_dir: Path, seed: int, source: str = "aperture"
-) -> dict[str, np.ndarray]:
-    """Gradient boosting from magnitudes/colours to log age, fitted on train.
+def fit_photometric_baseline(prepared_dir: Path, seed: int, source: str = "aperture"):
+    """Gradient boosting from magnitudes/colours to log age, fitted on the train split.
 
     Parameters
     ----------
@@ -117,21 +115,30 @@ def photometric_baseline(
 
     Returns
     -------
-    dict of str to numpy.ndarray
-        Predictions per split, shape (n_split,), log10 yr.
-
-    Notes
-    -----
-    :class:`sklearn.ensemble.HistGradientBoostingRegressor` (missing magnitudes are
-    handled natively).
+    sklearn.ensemble.HistGradientBoostingRegressor
+        Fitted; ``predict(photometric_features(...))`` gives log10 age, yr. Missing
+        magnitudes are handled natively.
     """
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    feats = {s: photometric_features(prepared_dir, s, source) for s in SPLITS}
-    y = read_log_age(prepared_dir, "train")
     gbr = HistGradientBoostingRegressor(random_state=seed, max_iter=300, early_stopping=True)
-    gbr.fit(feats["train"], y)
-    return {s: gbr.predict(feats[s]) for s in SPLITS}
+    return gbr.fit(photometric_features(prepared_dir, "train", source),
+                   read_log_age(prepared_dir, "train"))  # fmt: skip
+
+
+def photometric_baseline(
+    prepared_dir: Path, seed: int, source: str = "aperture"
+) -> dict[str, np.ndarray]:
+    """Predictions of :func:`fit_photometric_baseline` per split, shape (n_split,), log10 yr.
+
+    Parameters
+    ----------
+    prepared_dir : pathlib.Path
+    seed : int
+    source : {"aperture", "catalogue"}
+    """
+    gbr = fit_photometric_baseline(prepared_dir, seed, source)
+    return {s: gbr.predict(photometric_features(prepared_dir, s, source)) for s in SPLITS}
 
 
 @staged_outputs("plots", "reports", "metrics")

@@ -41,7 +41,11 @@ import numpy as np
 import pandas as pd
 
 from astrobatch.evaluate import plots
-from astrobatch.evaluate.detection import average_precision, completeness_purity
+from astrobatch.evaluate.detection import (
+    CompletenessPurity,
+    average_precision,
+    completeness_purity,
+)
 from astrobatch.evaluate.metrics import log_ratio_metrics, redshift_metrics
 from astrobatch.io.shards import open_shard
 from astrobatch.studies.cluster_finder.catalogues import read_clusters
@@ -114,6 +118,17 @@ def classifier_metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
     }
 
 
+def _detect(detector, shard: Path, params: ClusterFinderParams) -> list:
+    """Detections of one image shard down to the lowest threshold of :data:`THRESHOLDS`."""
+    return detect_images(detector, shard, score_threshold=float(THRESHOLDS[0]),
+                         iou_threshold=params.detection.iou_threshold)  # fmt: skip
+
+
+def _triples(dets: list, truths: list[np.ndarray]) -> list[tuple]:
+    """``(pred_boxes, pred_scores, true_boxes)`` per image, the matching functions' input."""
+    return [(b, s, t) for (b, s), t in zip(dets, truths, strict=True)]
+
+
 def counted_truths(meta: pd.DataFrame, params: ClusterFinderParams) -> np.ndarray:
     """Mask of the truths counted in completeness: ``λ >= min_richness`` and ``z <= z_max``.
 
@@ -138,7 +153,7 @@ def counted_truths(meta: pd.DataFrame, params: ClusterFinderParams) -> np.ndarra
 def detection_curve(
     dets: list, truths: list[np.ndarray], meta: pd.DataFrame, label, params: ClusterFinderParams,
     thresholds=THRESHOLDS,
-) -> tuple[pd.DataFrame, object]:  # fmt: skip
+) -> tuple[pd.DataFrame, CompletenessPurity]:  # fmt: skip
     """Completeness (of :func:`counted_truths`), purity and empty-field FPs per threshold.
 
     Parameters
@@ -163,8 +178,8 @@ def detection_curve(
     cp : astrobatch.evaluate.detection.CompletenessPurity
         The matching (``detected`` per truth and threshold, ``truth_score``).
     """
-    images = [(b, s, t) for (b, s), t in zip(dets, truths, strict=True)]
-    cp = completeness_purity(images, np.asarray(thresholds, float), params.detection.match_iou)
+    cp = completeness_purity(_triples(dets, truths), np.asarray(thresholds, float),
+                             params.detection.match_iou)  # fmt: skip
     counted = counted_truths(meta, params)
     table = cp.table.copy()
     table["completeness"] = (cp.detected[counted].mean(axis=0) if counted.any()
@@ -234,14 +249,13 @@ def detector_metrics(
     per_truth["score"] = cp.truth_score
     row = table.iloc[at]
     rich = meta["richness"].to_numpy() >= d.min_richness
-    images = [(b, s, t) for (b, s), t in zip(dets, truths, strict=True)]
     m = {
         "completeness": float(row["completeness"]),
         "purity": float(row["purity"]),
         "completeness_all": float(cp.detected[:, at].mean()) if len(meta) else float("nan"),
         "completeness_rich": float(cp.detected[rich, at].mean()) if rich.any() else float("nan"),
         "false_positives_empty": float(row["false_positives_per_empty_field"]),
-        "ap50": float(average_precision(images, iou_threshold=0.5)),
+        "ap50": float(average_precision(_triples(dets, truths), iou_threshold=0.5)),
         "n_truths": int(counted.sum()),
         "score_threshold": float(score_threshold),
     }
@@ -372,15 +386,10 @@ def evaluate(params: ClusterFinderParams, paths: StudyPaths) -> dict[str, float]
     detector = load_detector(models / "detector")
     threshold = params.detection.score_threshold
     if threshold == "val":  # chosen on the validation images, never on the test split
-        val_shard = prepared / "images_val.h5"
-        val_truths, val_meta, val_label = _truths(val_shard)
-        val_dets = detect_images(detector, val_shard, score_threshold=float(THRESHOLDS[0]),
-                                 iou_threshold=params.detection.iou_threshold)  # fmt: skip
-        threshold = balanced_threshold(
-            detection_curve(val_dets, val_truths, val_meta, val_label, params)[0]
-        )
-    dets = detect_images(detector, shard, score_threshold=float(THRESHOLDS[0]),
-                         iou_threshold=params.detection.iou_threshold)  # fmt: skip
+        val = prepared / "images_val.h5"
+        curve_val, _ = detection_curve(_detect(detector, val, params), *_truths(val), params)
+        threshold = balanced_threshold(curve_val)
+    dets = _detect(detector, shard, params)
     m, curve, per_truth = detector_metrics(dets, truths, meta, label, params, threshold)
     metrics.update(_prefixed("detector", m))
 
