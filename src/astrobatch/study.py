@@ -304,6 +304,70 @@ class Study:
 
         return deco
 
+    def predict(self, model_default: str | Path | None = None) -> Callable:
+        """Register ``f(p, model, inputs)`` as ``astrobatch <study> predict``.
+
+        The command applies a trained model to real files that took no part in the
+        splits: ``--model <folder>`` (default ``model_default``, else the study's models
+        folder), ``--input <file or folder>`` (repeatable, required), ``--out <file>``
+        (``.ecsv`` or ``.fits``), and the common ``-p``/``-S``. ``f`` validates its inputs
+        as the study's ``prepare`` does (bad input: :class:`~astrobatch.errors.InputError`,
+        exit status 2) and returns an :class:`astropy.table.Table` with ids and units;
+        the kit writes it atomically (:func:`astrobatch.io.predictions.write_predictions`,
+        nothing written on any error) and logs its rows.
+
+        Parameters
+        ----------
+        model_default : str or pathlib.Path, optional
+            Default of ``--model``.
+
+        Examples
+        --------
+        >>> study = Study("demo", help="demo")
+        >>> @study.predict()
+        ... def predict_cmd(p, model, inputs):
+        ...     \"\"\"Predict (this docstring is the --help).\"\"\"
+        """
+        from astrobatch.io.predictions import prediction_format, write_predictions
+
+        default_model = Path(model_default) if model_default is not None else self.paths.models
+
+        def deco(f: Callable) -> Callable:
+            def command(
+                p: Any,
+                model: Annotated[Path, typer.Option(help="Trained model folder.")] = default_model,
+                input: Annotated[
+                    list[Path],
+                    typer.Option(
+                        "--input",
+                        metavar="<path>",
+                        help="Real file or folder to predict on (repeatable).",
+                    ),
+                ] = ...,  # type: ignore[assignment]
+                out: Annotated[
+                    Path, typer.Option(help="Predictions table to write (.ecsv or .fits).")
+                ] = ...,  # type: ignore[assignment]
+            ) -> None:
+                from astrobatch.errors import InputError
+
+                prediction_format(out)  # a bad suffix fails before any work
+                for path in input:
+                    if not path.exists():
+                        raise InputError("expected an existing file or folder", path, "--input")
+                if not (Path(model).is_dir() or Path(model).is_file()):
+                    raise InputError("expected a trained model folder (run the study's train "
+                                     "stage first)", model, "--model")  # fmt: skip
+                table = f(p, Path(model), [Path(x) for x in input])
+                write_predictions(table, out, self.name, model, input)
+                self.log.info("predict: %d rows -> %s", len(table), out)
+
+            command.__doc__ = f.__doc__
+            command.__module__ = f.__module__
+            self.stage("predict")(command)
+            return f
+
+        return deco
+
 
 @contextlib.contextmanager
 def staged(paths: StudyPaths, kinds: Iterable[str] = ("plots", "reports", "metrics")
