@@ -39,7 +39,7 @@ def tiny_params(**overrides) -> StarSetsParams:
         "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
         "model": {"hidden_dim": 16},
         "training": {"batch_size": 16, "max_epochs": 3, "patience": 5},
-        "evaluate": {"real_snapshots": []},
+        "evaluate": {"real_predictions": None},
     }
     for key, value in overrides.items():
         if isinstance(value, dict):
@@ -85,7 +85,7 @@ TINY_REPO_PARAMS = {
         "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
         "model": {"hidden_dim": 16},
         "training": {"max_epochs": 2, "batch_size": 16},
-        "evaluate": {"real_snapshots": []},
+        "evaluate": {"real_predictions": None},
     },
     "cluster_age": {
         "simulate": {"n_clusters": 60, "n_galaxies": 3},

@@ -38,6 +38,9 @@ INFRASTRUCTURE = {
     "astrobatch.compare_cli",  # `astrobatch compare`: reads experiments, is not a stage
     "astrobatch.sweeps",  # `astrobatch sweep`: queues experiments, is not a stage
 }
+#: Modules that the study kit (``astrobatch.study``) imports only inside one kind of
+#: command: they are deps of that kind of stage (``<study>_predict``) only.
+KIT_COMMAND_IMPORTS = {"astrobatch.io.predictions": "_predict"}
 #: Package ``__init__.py`` files are followed but need not be deps: they hold docstrings,
 #: the version string and the study registry (names -> packages), none of which a stage
 #: computes with; whatever they import is itself checked.
@@ -53,7 +56,6 @@ DYNAMIC_IMPORTS = {"astrobatch.params": ("astrobatch.studies.{study}.params",)}
 #: study's ``paths.<study>.external`` folder in dvc.yaml).
 LIST_PATH_PARAMS = {
     "stellar_xp_prepare": "stellar_xp.data.real_xp_paths",
-    "star_sets_evaluate": "star_sets.evaluate.real_snapshots",
 }
 
 #: Path prefixes of the project's conventions: they appear in ``dvc.yaml`` only as
@@ -228,6 +230,9 @@ def _missing(stage: str) -> list[str]:
     for module, importer in sorted(_stage_imports(stage, info["cmd"]).items()):
         path = _module_file(module)
         if module in INFRASTRUCTURE or (INIT_FILES_EXEMPT and path.name == "__init__.py"):
+            continue
+        kind = KIT_COMMAND_IMPORTS.get(module)
+        if kind and importer == "astrobatch.study" and not stage.endswith(kind):
             continue
         if not _covered(path, info["deps"]):
             rel = path.relative_to(ROOT).as_posix()

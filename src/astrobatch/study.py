@@ -361,6 +361,7 @@ class Study:
                 write_predictions(table, out, self.name, model, input)
                 self.log.info("predict: %d rows -> %s", len(table), out)
 
+            command.__name__ = command.__qualname__ = f.__name__
             command.__doc__ = f.__doc__
             command.__module__ = f.__module__
             self.stage("predict")(command)

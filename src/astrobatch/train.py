@@ -424,6 +424,7 @@ def train_model(
     config: Any,
     inputs: Iterable[str | Path] = (),
     callbacks: list[Callback] | None = None,
+    bundle: Iterable[str | Path] = (),
 ) -> dict:
     """The one train driver of every study: seed, build, fingerprint, :func:`fit`.
 
@@ -444,6 +445,10 @@ def train_model(
     inputs : iterable of path
         Files that identify the run's inputs (see :func:`run_fingerprint`).
     callbacks : list of Callback, optional
+    bundle : iterable of path
+        Files the model cannot be applied without (the training scalers), copied into
+        ``model_dir`` under their own names once training has finished, atomically, so
+        that the model folder alone is enough for ``astrobatch <study> predict``.
 
     Returns
     -------
@@ -453,7 +458,35 @@ def train_model(
     L.seed_everything(seed, workers=True, verbose=False)  # seeds the initial weights
     task = build_task()
     fp = run_fingerprint(config, training, seed, inputs)
-    return fit(task, datamodule, training, model_dir, live_dir, fp, seed, callbacks)
+    state = fit(task, datamodule, training, model_dir, live_dir, fp, seed, callbacks)
+    bundle_files(bundle, model_dir)
+    return state
+
+
+def bundle_files(files: Iterable[str | Path], model_dir: str | Path) -> None:
+    """Copy ``files`` into ``model_dir`` under their own names (each write atomic).
+
+    Parameters
+    ----------
+    files : iterable of path
+        Existing files (the training scalers of a model).
+    model_dir : str or pathlib.Path
+
+    Raises
+    ------
+    astrobatch.errors.InputError
+        A file is missing.
+    """
+    import shutil
+
+    from astrobatch.errors import InputError
+    from astrobatch.io.atomic import atomic_path
+
+    for f in map(Path, files):
+        if not f.is_file():
+            raise InputError("missing file to keep with the model", f)
+        with atomic_path(Path(model_dir) / f.name) as tmp:
+            shutil.copyfile(f, tmp)
 
 
 def load_model_weights(

@@ -25,6 +25,7 @@ inputs, the UTC date and the astrobatch version).
 from __future__ import annotations
 
 import datetime as _dt
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,7 +34,10 @@ import numpy as np
 from astrobatch.errors import InputError
 from astrobatch.io.atomic import atomic_path
 
-__all__ = ["FITS_KEYS", "FORMATS", "check_predictions", "prediction_format", "write_predictions"]
+__all__ = [
+    "FITS_KEYS", "FORMATS", "check_predictions", "prediction_format", "read_predictions",
+    "write_predictions",
+]  # fmt: skip
 
 #: Header card of each provenance key in a FITS file (8 characters at most).
 FITS_KEYS = {"id_columns": "IDCOLS", "date_utc": "DATE", "astrobatch_version": "ABVERSN"}
@@ -147,6 +151,45 @@ def write_predictions(
             if out[c].dtype.kind == "O":
                 out[c] = np.asarray(out[c], dtype=str)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # longer study keys (``reference``, ``description``) become HIERARCH cards, a
+        # convention astropy reads back: its warning about them is noise here
+        warnings.filterwarnings("ignore", "Keyword name", category=Warning)
         out.write(tmp, format=fmt, overwrite=True)
     return path
+
+
+def read_predictions(path: str | Path | None):
+    """A prediction table written by :func:`write_predictions`, or None where there is none.
+
+    For an evaluate stage that summarises a ``predict`` stage's table: a null path or a
+    missing file means no real-data metrics (logged at INFO), not an error.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path or None
+
+    Returns
+    -------
+    astropy.table.Table or None
+
+    Raises
+    ------
+    astrobatch.errors.InputError
+        A file that is not a readable table of a supported format.
+    """
+    import logging
+
+    from astropy.table import Table
+
+    if not path:
+        return None
+    if not Path(path).is_file():
+        logging.getLogger(__name__).info(
+            "no predictions table at %s (run the predict stage): no real/ metrics", path
+        )
+        return None
+    try:
+        return Table.read(path, format=prediction_format(path))
+    except (OSError, ValueError) as err:
+        raise InputError(f"not a predictions table ({err})", path) from None

@@ -10,7 +10,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from astrobatch.io.predictions import write_predictions
 from astrobatch.studies.star_sets.evaluate import evaluate, headline_keys
+from astrobatch.studies.star_sets.predict import predict
 from astrobatch.studies.star_sets.train import train
 from astrobatch.study import MAX_HEADLINE, StudyPaths
 from astrobatch.train import pending_runs
@@ -89,10 +91,13 @@ def test_same_seed_same_result(tmp_path, tiny_prepared):
 
 def test_evaluate_writes_metrics_predictions_plots(tmp_path, tiny_prepared):
     real = shared_data_dir() / "star_sets"
-    files = [str(real / "conf.3_0"), str(real / "conf.3_20")]
-    p = tiny_params(training={"max_epochs": 3}, evaluate={"real_snapshots": files})
+    table = tmp_path / "real.ecsv"
+    p = tiny_params(training={"max_epochs": 3}, evaluate={"real_predictions": str(table)})
     paths = _paths(tiny_prepared, tmp_path / "m", tmp_path / "live", tmp_path)
     train(p, paths)
+    if (real / "conf.3_0").is_file():  # the predict stage's table feeds evaluate's real/
+        write_predictions(predict(p, paths.models, [real]), table, "star_sets", paths.models,
+                          [real])  # fmt: skip
     m = evaluate(p, paths)
     # metrics.json holds the headline metrics, the report every metric (the ones returned)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())

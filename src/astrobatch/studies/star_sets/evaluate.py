@@ -12,7 +12,9 @@ name, ``mass`` for ``total_mass_within_2x_r_tidal``):
   standard deviation of predictions across the samples of one snapshot (dex);
 - ``baseline/median/<split>/...``: the median of the training targets;
 - ``<split>/mae_log_<q>_over_baseline``: ratio of the model's MAE to the baseline's;
-- ``real/<file>/...``: prediction vs truth for real NBODY6++ snapshots.
+- ``real/<file>/...``, ``real/mae_log_<q>``: prediction vs truth for the real NBODY6++
+  snapshots, read from the table of ``astrobatch star-sets predict``
+  (``evaluate.real_predictions``; :func:`~astrobatch.studies.star_sets.predict.real_metrics`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from astrobatch.data.scalers import GroupRobustScaler, TargetScaler, load_scalers
-from astrobatch.data.sets import SetDataModule, padded_sample
+from astrobatch.data.scalers import load_scalers
+from astrobatch.data.sets import SetDataModule
 from astrobatch.evaluate import metrics as M
 from astrobatch.evaluate import plots
+from astrobatch.io.predictions import read_predictions
 from astrobatch.studies.star_sets.params import StarSetsParams
+from astrobatch.studies.star_sets.predict import real_metrics
 from astrobatch.studies.star_sets.train import build_model
 from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
 from astrobatch.tasks.regression import predict
@@ -55,77 +58,6 @@ def _block(prefix: str, pred_log, true_log, log_target: bool, q: str) -> dict[st
     for k, v in M.regression_metrics(pred_phys, true_phys).items():
         out[f"{prefix}{k}_{q}"] = v
     return out
-
-
-def predict_real(
-    params: StarSetsParams,
-    model: torch.nn.Module,
-    fscaler: GroupRobustScaler,
-    tscaler: TargetScaler,
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """Predict the target of the real NBODY6++ snapshots listed in params.
-
-    Each file is converted with
-    :func:`~astrobatch.studies.star_sets.prepare.nbody6_to_sets`, scaled with
-    the training scalers and sampled ``num_sample_per_snapshot`` times with a
-    fixed seed, like the test split. Files that do not exist are skipped
-    (logged); features the OUT3 format lacks (pseudo-observed ones) make the
-    whole step skip with a log line.
-
-    Returns
-    -------
-    metrics : dict
-        ``real/<file>/true_<q>``, ``pred_<q>``, ``pred_log_<q>_std``,
-        ``error_log_<q>`` (dex).
-    table : pandas.DataFrame
-        One row per file.
-    """
-    from astrobatch.studies.star_sets.prepare import nbody6_to_sets
-
-    q = short_name(params.data.target)
-    files = [Path(p) for p in params.evaluate.real_snapshots]
-    present = [p for p in files if p.is_file()]
-    for p in sorted(set(files) - set(present)):
-        log.warning("real snapshot %s not found: skipped", p)
-    available = {"x", "y", "z", "vx", "vy", "vz", "mass"}
-    if not present:
-        return {}, pd.DataFrame()
-    if not set(params.data.features) <= available:
-        log.warning(
-            "features %s are not all in NBODY6 OUT3 (%s): real snapshots skipped",
-            params.data.features, sorted(available),
-        )  # fmt: skip
-        return {}, pd.DataFrame()
-    data = nbody6_to_sets(present, params.evaluate.real_galactocentric_radius_kpc)
-    s = params.sampling
-    metrics, rows = {}, []
-    for i, path in enumerate(present):
-        a, b = data.ptr[i], data.ptr[i + 1]
-        x = np.stack([data.elements[k][a:b] for k in params.data.features], 1)
-        x = fscaler.transform(x.astype(np.float64))
-        rng = np.random.default_rng((params.seed, i, 99))
-        samples = [
-            padded_sample(x, rng, s, s.drop_at_eval) for _ in range(s.num_sample_per_snapshot)
-        ]
-        X, mask = (np.stack(v) for v in zip(*samples, strict=True))
-        with torch.no_grad():
-            z = model(torch.from_numpy(X), torch.from_numpy(mask)).reshape(-1).double().numpy()
-        pred_log = tscaler.to_log_space(z)
-        true = float(data.sets[params.data.target][i])
-        true_log = np.log10(true) if tscaler.log10 else true
-        key = f"real/{path.name}"
-        row = {
-            "file": path.name,
-            "time_myr": float(data.sets["time"][i]),
-            f"true_{q}": true,
-            f"pred_{q}": float(10 ** pred_log.mean()) if tscaler.log10 else float(pred_log.mean()),
-            f"pred_log_{q}_std": float(pred_log.std()),
-            f"error_log_{q}": float(pred_log.mean() - true_log),
-            "r_tidal_pc": float(data.sets["r_tidal"][i]),
-        }
-        rows.append(row)
-        metrics.update({f"{key}/{k}": v for k, v in row.items() if k != "file"})
-    return metrics, pd.DataFrame(rows)
 
 
 def headline_keys(q: str, log10: bool = True) -> list[str]:
@@ -156,7 +88,7 @@ def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
         (DVCLive curves); writes ``plots`` (``pred_vs_true.png``, ``residual_hist.png``,
         ``loss_curves.png``), ``reports`` (``predictions.ecsv`` with units, and the same
         as ``predictions.parquet``: ``split, snapshot_id, run_id, sample_id, n_stars,
-        prediction, target`` in physical units, plus log10 columns; ``real_snapshots.csv``;
+        prediction, target`` in physical units, plus log10 columns;
         ``metrics_full.json``, every metric) and, last, ``metrics`` (the headline metrics,
         :func:`headline_keys`, ``metrics/star_sets.json``).
 
@@ -225,11 +157,9 @@ def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
             test_pack = (pred_log, true_log, base, true_set, mean, std)
     metrics["n_test_snapshots"] = int(dm.dataset("test").n_sets)
 
-    real_metrics, real_table = predict_real(params, model, fscaler, tscaler)
-    metrics.update(real_metrics)
-    if len(real_table):
-        metrics[f"real/mae_log_{q}"] = float(np.abs(real_table[f"error_log_{q}"]).mean())
-        metrics["real/n_snapshots"] = len(real_table)
+    real = read_predictions(params.evaluate.real_predictions)
+    if real is not None:
+        metrics.update(real_metrics(real, q))
 
     pred_log, true_log, base, true_set, mean, std = test_pack
     u = UNITS.get(q, "")
@@ -255,7 +185,7 @@ def evaluate(params: StarSetsParams, paths: StudyPaths) -> dict[str, float]:
     write_evaluation(
         metrics, metrics_path, reports_dir,
         {"predictions.parquet": predictions, "predictions.ecsv": predictions,
-         "real_snapshots.csv": real_table, "pred_vs_true.csv": snapshots},
+         "pred_vs_true.csv": snapshots},
         headline=headline_keys(q, tscaler.log10),
         units={"prediction": unit, "target": unit,
                "log10_prediction": f"dex({unit})" if unit else "dex",

@@ -148,14 +148,13 @@ class SetModelParams(Strict):
 
 
 class StarSetsEvaluate(Strict):
-    """Evaluation settings, including the real NBODY6++ snapshots to predict."""
+    """Evaluation settings: the real snapshots' predictions and the orbit of real runs."""
 
-    real_snapshots: list[str] = Field(
-        default_factory=lambda: [
-            "data/external/star_sets/conf.3_0",
-            "data/external/star_sets/conf.3_20",
-        ],
-        description="NBODY6++ OUT3 files predicted by `evaluate`; missing files are skipped",
+    real_predictions: str | None = Field(
+        "reports/real/star_sets.ecsv",
+        description="predictions table of the real NBODY6++ snapshots (`astrobatch star-sets "
+        "predict`, the star_sets_predict stage) summarised as real/ metrics; null or a "
+        "missing file: none",
     )
     real_galactocentric_radius_kpc: float = Field(
         8.0, gt=0, description="circular orbit (MWPotential2014) defining r_t of real snapshots"

@@ -74,9 +74,10 @@ def evaluate_cmd(p, paths) -> None:
     Writes METRICS (flat JSON: MAE, RMSE, median and 90th-percentile absolute
     error of the mass in dex and Msun, per-snapshot Pearson/Spearman, the
     within-snapshot spread, the median baseline, real-snapshot predictions),
-    REPORTS/predictions.parquet, REPORTS/real_snapshots.csv and PLOTS
-    (pred_vs_true.png, residual_hist.png, loss_curves.png). Real snapshots
-    are star_sets.evaluate.real_snapshots (missing files are skipped).
+    REPORTS/predictions.parquet and PLOTS (pred_vs_true.png,
+    residual_hist.png, loss_curves.png). The real/ metrics summarise the
+    predictions table star_sets.evaluate.real_predictions (written by
+    predict; absent: none).
     """
     from astrobatch.studies.star_sets.evaluate import evaluate
 
@@ -84,3 +85,20 @@ def evaluate_cmd(p, paths) -> None:
     keep = ("test/", "baseline/median/test/mae", "real/")
     rows = [(k, v) for k, v in m.items() if k.startswith(keep) and "/bias" not in k]
     print_summary(f"star_sets {p.model.name}: test", rows)
+
+
+@study.predict()
+def predict_cmd(p, model, inputs):
+    """Predict the cluster mass of real NBODY6++ OUT3 snapshots.
+
+    INPUT: OUT3 files, or folders searched for conf.3_* at any depth (other
+    files ignored); converted as prepare converts them, scaled with the
+    model folder's scalers.json, sampled as the test split. Writes OUT (.ecsv
+    or .fits), one row per snapshot: file, run_id, time [Myr], n_stars,
+    r_tidal [pc], mass [Msun], log_mass and log_mass_std (log10 Msun, the
+    spread over samples), mass_reference and log_mass_reference (the true
+    mass within 2 r_t of the snapshot's stars).
+    """
+    from astrobatch.studies.star_sets.predict import predict
+
+    return predict(p, model, inputs)

@@ -46,7 +46,8 @@ def train(
     paths : StudyPaths
         Reads ``prepared`` (the folder ``astrobatch star-sets prepare`` wrote:
         ``{train,val,test}.h5``, ``scalers.json``, ``manifest.json``); writes ``models``
-        (``best.ckpt`` of the lowest ``val/loss``, ``last.ckpt``, ``train_state.json``)
+        (``best.ckpt`` of the lowest ``val/loss``, ``last.ckpt``, ``train_state.json``, and
+        ``scalers.json``, the training scalers, so that the folder alone predicts)
         and ``live`` (DVCLive curves of ``train/loss`` and ``val/loss`` per epoch).
     callbacks : list of lightning Callback, optional
         Extra Lightning callbacks (the tests interrupt a run with one).
@@ -80,5 +81,5 @@ def train(
         build_task, dm, t, model_dir, live_dir, seed=params.seed,
         config=[params.model.model_dump(), params.sampling.model_dump()],
         inputs=[prepared_dir / "manifest.json", prepared_dir / "scalers.json"],
-        callbacks=callbacks,
+        callbacks=callbacks, bundle=[prepared_dir / "scalers.json"],
     )  # fmt: skip
