@@ -10,7 +10,8 @@
 # both daemons with `-f DIR/slurm.conf` and waits until `sinfo` shows the node idle.
 # Ports: SLURMCTLD_PORT (default 6817) and SLURMD_PORT (default 6818).
 # Exit status: 0 when the node is idle; 3 when SLURM cannot be installed here (not root, no
-# apt-get, apt-get failed), so that a test can skip; 1 on any other failure.
+# apt-get, apt-get failed for a reason other than a held lock, or the apt/dpkg lock held past
+# every retry), so that a test can skip; 1 on any other failure.
 set -euo pipefail
 
 dir=${1:?usage: start_cluster.sh DIR}
@@ -28,8 +29,28 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
   [ "$(id -u)" = 0 ] || cannot_install "not root and slurmctld/slurmd/sbatch/munged missing"
   command -v apt-get >/dev/null || cannot_install "no apt-get on this machine"
   export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -q && apt-get install -y -q --no-install-recommends slurm-wlm munge; } \
-    > "$dir/apt.log" 2>&1 || cannot_install "apt-get failed (see $dir/apt.log)"
+  # Another apt/dpkg (unattended upgrades, a parallel install) may hold the locks for a while:
+  # apt waits up to APT_LOCK_TIMEOUT seconds for the dpkg lock itself, and a run that still
+  # failed on a lock is retried (APT_ATTEMPTS times in all) before giving up. Only a failure
+  # that is not a lock, or locks held past every attempt, means SLURM cannot be installed.
+  lock_timeout=${APT_LOCK_TIMEOUT:-300}
+  attempts=${APT_ATTEMPTS:-6}
+  for attempt in $(seq "$attempts"); do
+    if { apt-get -o DPkg::Lock::Timeout="$lock_timeout" update -q \
+         && apt-get -o DPkg::Lock::Timeout="$lock_timeout" install -y -q \
+              --no-install-recommends slurm-wlm munge; } > "$dir/apt.log" 2>&1; then
+      break
+    fi
+    if ! grep -qiE "could not get lock|unable to lock|dpkg was interrupted" "$dir/apt.log"; then
+      cannot_install "apt-get failed (see $dir/apt.log): $(tail -n 3 "$dir/apt.log" | tr '\n' ' ')"
+    fi
+    if grep -qi "dpkg was interrupted" "$dir/apt.log"; then
+      dpkg --configure -a >> "$dir/apt.log" 2>&1 || true
+    fi
+    [ "$attempt" -lt "$attempts" ] || cannot_install "apt/dpkg lock still held after $attempts attempts (see $dir/apt.log)"
+    echo "start_cluster.sh: apt/dpkg lock held, retrying ($attempt/$attempts)" >&2
+    sleep $((10 * attempt))
+  done
 fi
 [ "$(id -u)" = 0 ] || cannot_install "daemons need root (SlurmUser=root)"
 
