@@ -1,15 +1,20 @@
 """Cross-galaxy test of cluster_age: the default model (trained on cutouts simulated from NGC 628)
 applied to cutouts simulated from the NGC 1566 LEGUS catalogue.
 
-Not a speed benchmark: a one-off science check kept beside them until the study has a
-``predict`` command (issue 14). Run after ``dvc repro cluster_age_evaluate``::
+Not a speed benchmark: a science check kept beside them. The pipeline itself now reports the
+CNN's figure (stages ``cluster_age_simulate_cross`` and ``cluster_age_predict``, metric
+``cross_galaxy/mdae_log_age`` of evaluate, on ``cluster_age.cross_galaxy.n_clusters``
+cutouts); this script adds the photometric baseline and uses the training set's size and seed.
+Run after ``dvc repro cluster_age_evaluate``::
 
     python benchmarks/cross_galaxy_cluster_age.py [--out /tmp/cross_galaxy]
 
-It simulates ``cluster_age.simulate`` with the NGC 1566 catalogue (distance modulus 31.28),
-prepares it with the same ``cluster_age.data`` params, predicts every kept cutout with
-``models/cluster_age/best.ckpt`` (the training normalisation and target scaling), and fits the
-photometric baseline (aperture magnitudes) on the NGC 628 training split. Prints MdAE
+It simulates ``cluster_age.simulate`` with the catalogue of ``cluster_age.cross_galaxy``
+(NGC 1566, distance modulus 31.28), predicts every cutout with the predict command's function
+(:func:`astrobatch.studies.cluster_age.predict.predict`: ``models/cluster_age/best.ckpt``, the
+training normalisation and target scaling), prepares the file with the same
+``cluster_age.data`` params for the aperture magnitudes, and fits the photometric baseline
+(aperture magnitudes) on the NGC 628 training split. Prints MdAE
 (1.4826 x median |pred - true|, dex) of both on the NGC 1566 cutouts with 7 <= log age <= 9.5,
 beside the same-galaxy test figures in ``metrics/cluster_age.json``.
 """
@@ -22,11 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-NGC1566 = (
-    "data/external/cluster_age/"
-    "hlsp_legus_hst_wfc3_ngc1566_multiband_v1_padagb-mwext-avgapcor.tab.gz"
-)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,32 +35,23 @@ def main() -> None:
     ap.add_argument("--prepared", default="data/prepared/cluster_age")
     args = ap.parse_args()
 
-    from astrobatch.data.images import CutoutDataModule
     from astrobatch.evaluate.metrics import age_metrics
     from astrobatch.params import load_params
     from astrobatch.studies.cluster_age.evaluate import (
         fit_photometric_baseline,
         photometric_features,
     )
+    from astrobatch.studies.cluster_age.predict import predict
     from astrobatch.studies.cluster_age.prepare import prepare
     from astrobatch.studies.cluster_age.simulate import simulate_to_file
-    from astrobatch.studies.cluster_age.train import (
-        base_transform,
-        build_model,
-        load_norm_stats,
-        make_datasets,
-        read_log_age,
-        read_manifest,
-        unscale_target,
-    )
-    from astrobatch.tasks.regression import predict
-    from astrobatch.train import load_model_weights
+    from astrobatch.studies.cluster_age.train import read_log_age
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     p = load_params("cluster_age")
-    sim = p.simulate.model_copy(
-        update={"catalogue_path": NGC1566, "catalogue_distance_modulus": 31.28}
+    # the other galaxy's catalogue, at the training set's size and seed
+    sim = p.cross_galaxy.simulate_params(p.simulate).model_copy(
+        update={"n_clusters": p.simulate.n_clusters, "seed": p.simulate.seed}
     )
     raw = out / "ngc1566_cutouts.h5"
     simulate_to_file(sim, raw)
@@ -71,26 +62,23 @@ def main() -> None:
     prepare(data, prep)
 
     model_dir, train_prep = Path(args.models), Path(args.prepared)
-    manifest = read_manifest(train_prep)  # the training target scaling (NGC 628)
-    transform = base_transform(p, load_norm_stats(model_dir))
-    datasets = make_datasets(p, prep, transform, for_training=False)
-    model = load_model_weights(build_model(p, train_prep), model_dir / "best.ckpt")
-    dm = CutoutDataModule(datasets, p.training.batch_size, p.seed)
+    table = predict(p, model_dir, [raw])
+    ref = np.asarray(table["log_age_reference"], float)
+    lo, hi = p.data.log_age_range
+    kept = (ref >= lo) & (ref <= hi) if p.data.remove_extremes else np.ones(len(ref), bool)
+    pred, true = np.asarray(table["log_age"], float)[kept], ref[kept]
 
     gbr = fit_photometric_baseline(train_prep, p.seed)  # on the NGC 628 training split
-
-    pred, phot, true = [], [], []
+    phot, phot_true = [], []
     for split in ("train", "val", "test"):
-        o = predict(model, dm.loader(split))
-        pred.append(unscale_target(o["prediction"][np.argsort(o["row"])], manifest))
         phot.append(gbr.predict(photometric_features(prep, split)))
-        true.append(read_log_age(prep, split))
-    pred, phot, true = (np.concatenate(v) for v in (pred, phot, true))
+        phot_true.append(read_log_age(prep, split))
+    phot, phot_true = np.concatenate(phot), np.concatenate(phot_true)
     same = json.loads(Path("metrics/cluster_age.json").read_text())
     result = {
         "n_ngc1566": len(true),
         "cnn_mdae_ngc1566": age_metrics(pred, true)["mdae"],
-        "photometric_mdae_ngc1566": age_metrics(phot, true)["mdae"],
+        "photometric_mdae_ngc1566": age_metrics(phot, phot_true)["mdae"],
         "mean_baseline_mdae_ngc1566": age_metrics(
             np.full(len(true), read_log_age(train_prep, "train").mean()), true
         )["mdae"],

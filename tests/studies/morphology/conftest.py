@@ -80,6 +80,6 @@ def surveys(tmp_path_factory):
 def data_params(surveys, **kw) -> MorphologyData:
     cats = [{"path": str(p), "survey": s} for s, p in surveys["paths"].items()]
     base = {"catalogues": cats, "train_surveys": {"a": 0.5, "b": 0.5}, "ood_surveys": ["c"],
-            "real_catalogue": "", "image_size": 16, "chunk_images": 8}  # fmt: skip
+            "image_size": 16, "chunk_images": 8}  # fmt: skip
     base.update(kw)
     return MorphologyData.model_validate(base)

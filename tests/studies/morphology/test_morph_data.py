@@ -159,7 +159,7 @@ def test_cli_bad_input_exits_2_with_one_message(surveys, tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(
         "morphology:\n  data:\n    catalogues:\n"
         f"      - {{path: {cat}, survey: b}}\n"
-        "    train_surveys: {b: 1.0}\n    ood_surveys: []\n    real_catalogue: ''\n"
+        "    train_surveys: {b: 1.0}\n    ood_surveys: []\n"
         "  model:\n    weights_dir: no_such_weights\n"
     )
     r = CliRunner().invoke(app, ["morphology", "prepare", "--out", "prep"])

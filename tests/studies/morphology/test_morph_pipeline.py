@@ -1,16 +1,20 @@
-"""morphology end to end on tiny data: prepare, head stage, full stage, evaluate; local weights."""
+"""morphology end to end on tiny data: prepare, head stage, full stage, predict on the real
+galaxies, evaluate; local weights."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from astrobatch.errors import InputError
+from astrobatch.io.predictions import write_predictions
 from astrobatch.studies.morphology.evaluate import evaluate
 from astrobatch.studies.morphology.params import MorphologyParams
+from astrobatch.studies.morphology.predict import predict
 from astrobatch.studies.morphology.prepare import prepare
 from astrobatch.studies.morphology.train import build_task, train_full, train_head
 from astrobatch.study import StudyPaths
@@ -20,12 +24,13 @@ from tests.studies.morphology.conftest import data_params
 TINY_MODEL = {"hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
               "patch_size": 4, "head_hidden": [16], "conv_channels": [4, 8]}  # fmt: skip
 TINY_TRAIN = {"batch_size": 16, "max_epochs": 2, "patience": 2}
+REAL = "data/external/morphology/gz_decals_rings/catalog.csv"
 
 
 def params(data, **kw) -> MorphologyParams:
     base = {"seed": 1, "data": data.model_dump(), "model": dict(TINY_MODEL),
             "head": dict(TINY_TRAIN), "full": dict(TINY_TRAIN),
-            "evaluate": {"n_examples": 2}}  # fmt: skip
+            "evaluate": {"n_examples": 2, "real_predictions": ""}}  # fmt: skip
     for k, v in kw.items():
         if isinstance(v, dict):
             base.setdefault(k, {}).update(v)
@@ -47,8 +52,7 @@ def paths(tmp, prepared) -> tuple[StudyPaths, StudyPaths, StudyPaths]:
 @pytest.fixture(scope="module")
 def prepared(surveys, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "morphology"
-    prepare(data_params(surveys, real_catalogue=
-                        "data/external/morphology/gz_decals_rings/catalog.csv"), out)  # fmt: skip
+    prepare(data_params(surveys), out)
     return out
 
 
@@ -60,6 +64,20 @@ def test_two_stages_and_evaluate(surveys, prepared, tmp_path, loss):
     assert s1["complete"] and np.isfinite(s1["best_val_loss"])
     s2 = train_full(p, full)
     assert s2["complete"]
+    # the real galaxies: predict (the model folder carries its schema), then evaluate scores
+    # the table as the `real` set
+    shutil.copy(prepared / "manifest.json", tmp_path / "full" / "manifest.json")
+    table = predict(p, tmp_path / "full", [REAL])
+    write_predictions(table, tmp_path / "real.ecsv", "morphology", tmp_path / "full", [REAL])
+    stds = [c for c in table.colnames if c.endswith("_std")]
+    if loss == "dirichlet":  # the fraction's Beta marginal: std in (0, 0.5]
+        n_answers = len(json.loads((prepared / "manifest.json").read_text())["answers"])
+        assert len(stds) == n_answers and all(0 < table[c].min() and table[c].max() <= 0.5
+                                       for c in stds)  # fmt: skip
+    else:
+        assert not stds
+    p = params(data_params(surveys), loss=loss,
+               evaluate={"real_predictions": str(tmp_path / "real.ecsv")})  # fmt: skip
     # the full stage starts from the head stage: before training, identical weights
     h = load_checkpoint(tmp_path / "head" / "best.ckpt")["state_dict"]
     f = load_checkpoint(tmp_path / "full" / "best.ckpt")["state_dict"]
@@ -91,7 +109,7 @@ def test_local_weights_round_trip_and_finetune_on_real(tmp_path):
     Dinov2Backbone.from_config(cfg).save_pretrained(tmp_path / "weights")
     real = "data/external/morphology/gz_decals_rings/catalog.csv"
     data = {"catalogues": [{"path": real, "survey": "decals_real"}],
-            "train_surveys": {"decals_real": 1.0}, "ood_surveys": [], "real_catalogue": "",
+            "train_surveys": {"decals_real": 1.0}, "ood_surveys": [],
             "questions": ["smooth-or-featured", "disk-edge-on", "has-spiral-arms"],
             "image_size": 32, "chunk_images": 16}  # fmt: skip
     p = params(MorphologyParams.model_validate({"data": data}).data,

@@ -18,7 +18,10 @@ def tiny_xp_params(tmp, **data) -> StellarXPParams:
         "scaler_max_rows": 1000,
     }
     base.update(data)
-    return StellarXPParams.model_validate({"simulate": TINY_SIM, "data": base})
+    # evaluate.real_predictions: none, so that the repository's table never leaks in
+    return StellarXPParams.model_validate(
+        {"simulate": TINY_SIM, "data": base, "evaluate": {"real_predictions": None}}
+    )
 
 
 @pytest.fixture(scope="session")

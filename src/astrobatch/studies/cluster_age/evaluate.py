@@ -14,7 +14,14 @@ only when prepare kept them):
   training split; catalogue magnitudes when the raw file has them, else
   aperture photometry of the cutouts);
 - ``test/mdae_log_age_over_mean_baseline``, ``test/mdae_log_age_over_photometric``:
-  ratios of the model's test MdAE to the mean and photometric baselines'.
+  ratios of the model's test MdAE to the mean and photometric baselines';
+- ``cross_galaxy/...`` (the same age metrics, ``cross_galaxy/n`` rows used,
+  ``cross_galaxy/n_predicted`` rows predicted, ``baseline/mean/cross_galaxy/...``): from the
+  predictions table of ``astrobatch cluster-age predict`` on the cross-galaxy sample
+  (``evaluate.real_predictions``;
+  :func:`cross_galaxy_metrics`), rows kept by
+  ``data.log_age_range`` as the test split when ``data.remove_extremes``; absent when the
+  param is null/empty or the file does not exist.
 
 ``metrics/cluster_age.json`` holds the :data:`HEADLINE` metrics, ``reports/cluster_age/
 metrics_full.json`` all of them.
@@ -29,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from astrobatch.data.images import CutoutDataModule, keep_mask, open_shard
+from astrobatch.errors import InputError
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import age_metrics
 from astrobatch.studies.cluster_age.params import ClusterAgeParams
@@ -46,12 +54,14 @@ from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
 from astrobatch.tasks.regression import predict
 from astrobatch.train import load_model_weights
 
-#: The headline metrics (``metrics/cluster_age.json``): the test MdAE against every baseline.
+#: The headline metrics (``metrics/cluster_age.json``): the test MdAE against every baseline,
+#: and the cross-galaxy MdAE (absent without a predictions table).
 HEADLINE = (
     "test/mdae_log_age", "baseline/mean/test/mdae_log_age",
     "baseline/photometric/test/mdae_log_age", "baseline/random/test/mdae_log_age",
     "test/mdae_log_age_over_mean_baseline", "test/mdae_log_age_over_photometric",
     "test/bias_log_age", "test_inner/mdae_log_age",
+    "cross_galaxy/mdae_log_age", "baseline/mean/cross_galaxy/mdae_log_age", "cross_galaxy/n",
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -141,6 +151,119 @@ def photometric_baseline(
     return {s: gbr.predict(photometric_features(prepared_dir, s, source)) for s in SPLITS}
 
 
+def check_predictions_table(table, path: str | Path) -> None:
+    """Check that a table of :func:`predict` has finite ``log_age`` and ``log_age_reference``.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+    path : str or pathlib.Path
+        Where it was read from (for the message).
+
+    Raises
+    ------
+    InputError
+        A column missing, or non-finite values in it.
+    """
+    for col in ("log_age", "log_age_reference"):
+        if col not in table.colnames:
+            raise InputError(
+                "expected a column of log10(age / yr) (a table of `astrobatch cluster-age "
+                "predict`)", path, col,
+            )  # fmt: skip
+        if not np.all(np.isfinite(np.asarray(table[col], float))):
+            raise InputError("expected finite log10(age / yr) values", path, col)
+
+
+def cross_galaxy_metrics(
+    table,
+    log_age_range: tuple[float, float] | None = None,
+    train_log_age: np.ndarray | None = None,
+    prefix: str = "cross_galaxy",
+) -> dict[str, float]:
+    """The ``<prefix>/...`` metrics of a predictions table, as the test split's.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Columns ``log_age`` (prediction) and ``log_age_reference`` (truth), log10 yr.
+    log_age_range : (float, float), optional
+        Keep rows with ``log_age_reference`` inside it (inclusive), as ``prepare`` keeps the
+        test split (``data.remove_extremes``); None keeps every row.
+    train_log_age : numpy.ndarray, shape (n_train,), optional
+        Training targets: adds the mean baseline ``baseline/mean/<prefix>/...``.
+    prefix : str
+
+    Returns
+    -------
+    dict of str to float
+        ``<prefix>/{mdae,mae,rmse,bias,r2}_log_age``
+        (:func:`astrobatch.evaluate.metrics.age_metrics`; MdAE = 1.4826 x median
+        |pred - true|, dex), ``<prefix>/n`` (rows used), ``<prefix>/n_predicted`` (rows in
+        the table); empty when no row is in the range.
+
+    Examples
+    --------
+    >>> from astropy.table import Table
+    >>> t = Table({"log_age": [7.0, 8.5, 9.0, 10.0], "log_age_reference": [7.0, 8.0, 9.0, 6.5]})
+    >>> m = cross_galaxy_metrics(t, (7.0, 9.5))
+    >>> m["cross_galaxy/n"], round(m["cross_galaxy/mae_log_age"], 4)
+    (3, 0.1667)
+    """
+    pred = np.asarray(table["log_age"], np.float64)
+    true = np.asarray(table["log_age_reference"], np.float64)
+    keep = np.ones(len(true), bool)
+    if log_age_range is not None:
+        keep = (true >= log_age_range[0]) & (true <= log_age_range[1])
+    if not keep.any():
+        log.info("%s: no predicted row with a reference log age in %s", prefix, log_age_range)
+        return {}
+    out = {f"{prefix}/{k}_log_age": v for k, v in age_metrics(pred[keep], true[keep]).items()}
+    if train_log_age is not None:
+        const = np.full(int(keep.sum()), float(np.mean(train_log_age)))
+        out |= {f"baseline/mean/{prefix}/{k}_log_age": v
+                for k, v in age_metrics(const, true[keep]).items()}  # fmt: skip
+    out[f"{prefix}/n"] = int(keep.sum())
+    out[f"{prefix}/n_predicted"] = len(true)
+    return out
+
+
+def real_metrics(params: ClusterAgeParams, train_log_age: np.ndarray | None = None
+                 ) -> dict[str, float]:  # fmt: skip
+    """The ``cross_galaxy/...`` metrics from the table of ``evaluate.real_predictions``.
+
+    Parameters
+    ----------
+    params : ClusterAgeParams
+        ``evaluate.real_predictions`` (path of the predictions table of ``astrobatch
+        cluster-age predict``); ``data.remove_extremes`` and ``data.log_age_range`` select
+        the rows as prepare selects the test split.
+    train_log_age : numpy.ndarray, shape (n_train,), optional
+        Training targets, log10 yr (the mean baseline).
+
+    Returns
+    -------
+    dict of str to float
+        :func:`cross_galaxy_metrics`; empty when the
+        param is null or empty or the file does not exist (logged at INFO).
+
+    Raises
+    ------
+    InputError
+        An unreadable table, or one without ``log_age``/``log_age_reference``.
+    """
+    from astrobatch.io.predictions import read_predictions
+
+    path = params.evaluate.real_predictions
+    table = read_predictions(path)  # None (logged): no cross-galaxy metrics
+    if table is None:
+        return {}
+    check_predictions_table(table, path)
+    d = params.data
+    rng = tuple(d.log_age_range) if d.remove_extremes else None
+    return cross_galaxy_metrics(table, rng, train_log_age)
+
+
 @staged_outputs("plots", "reports", "metrics")
 def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     """Evaluate the best checkpoint, the baselines and write metrics, tables and plots.
@@ -149,7 +272,8 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     ----------
     params : ClusterAgeParams
         ``mask``, ``model`` and ``training`` rebuild the checkpoint's CNN and its input
-        transform; ``evaluate`` sets the random-baseline draws; ``seed`` the baselines.
+        transform; ``evaluate`` sets the random-baseline draws and the cross-galaxy
+        predictions table (:func:`real_metrics`); ``seed`` the baselines.
     paths : StudyPaths
         Reads ``prepared``, ``models`` and ``live`` (outputs of prepare and train); writes
         ``plots`` (PNG plots), ``reports`` (``predictions.parquet``) and, last, ``metrics``
@@ -158,7 +282,8 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     Returns
     -------
     dict
-        Flat metrics: test, test_inner, test_outer and the baselines, log age in dex.
+        Flat metrics: test, test_inner, test_outer, cross_galaxy and the baselines, log age
+        in dex.
 
     Raises
     ------
@@ -219,6 +344,7 @@ def evaluate(params: ClusterAgeParams, paths: StudyPaths) -> dict[str, float]:
     phot = metrics["baseline/photometric/test/mdae_log_age"]
     metrics["test/mdae_log_age_over_photometric"] = metrics["test/mdae_log_age"] / phot
     metrics["n_train"] = int(manifest["counts"]["train"])
+    metrics.update(real_metrics(params, train_true))
     _plots(params, prepared_dir, live_dir, plots_dir, preds, datasets, transform)
     predictions = pd.concat(rows, ignore_index=True)
     write_evaluation(

@@ -83,6 +83,52 @@ class ClusterAgeSimulate(Strict):
     )
 
 
+#: The NGC 1566 LEGUS catalogue vendored in ``data/external/cluster_age`` (MAST HLSP table).
+NGC1566_CATALOGUE = (
+    "data/external/cluster_age/"
+    "hlsp_legus_hst_wfc3_ngc1566_multiband_v1_padagb-mwext-avgapcor.tab.gz"
+)
+
+
+class ClusterAgeCrossGalaxy(Strict):
+    """The cross-galaxy sample: cutouts simulated from another galaxy's LEGUS catalogue.
+
+    ``astrobatch cluster-age simulate-cross`` runs the simulator with ``simulate`` (every
+    setting of the training set's mock observations) except the fields here, and writes
+    ``raw_path``; ``astrobatch cluster-age predict`` applies the model trained on the default
+    set (NGC 628) to it, and ``evaluate`` reports ``cross_galaxy/...`` from those predictions
+    (``evaluate.real_predictions``). It never enters the splits.
+    """
+
+    catalogue_path: str = Field(
+        NGC1566_CATALOGUE, description="LEGUS catalogue of the other galaxy (CSV or MAST .tab)"
+    )
+    catalogue_distance_modulus: float = Field(
+        31.28, gt=0,
+        description="distance modulus of that galaxy, mag (NGC 1566: 31.28, Calzetti et al. "
+        "2015 Table 1)",
+    )  # fmt: skip
+    n_clusters: int = Field(600, ge=10, description="cutouts to simulate (about half in 7-9.5)")
+    seed: int = Field(1566, ge=0, description="data-set seed (not the training set's)")
+    raw_path: str = Field(
+        "data/raw/cluster_age_cross/raw_phangs_dataset.h5",
+        description="raw cutout file written by simulate-cross, read by the predict stage",
+    )
+
+    def simulate_params(self, simulate: ClusterAgeSimulate) -> ClusterAgeSimulate:
+        """``simulate`` with this sample's catalogue, distance modulus, size and seed.
+
+        Examples
+        --------
+        >>> s = ClusterAgeCrossGalaxy(n_clusters=20).simulate_params(ClusterAgeSimulate())
+        >>> s.n_clusters, s.catalogue_distance_modulus, s.image_size
+        (20, 31.28, 112)
+        """
+        own = self.model_dump(include={"catalogue_path", "catalogue_distance_modulus",
+                                       "n_clusters", "seed"})  # fmt: skip
+        return ClusterAgeSimulate.model_validate(simulate.model_dump() | own)
+
+
 class ClusterAgeData(Strict):
     """Which raw cutout file to read and how to prepare it."""
 
@@ -145,6 +191,12 @@ class ClusterAgeEvaluate(Strict):
 
     random_baseline_draws: int = Field(100, ge=1, description="draws of the random baseline")
     n_examples: int = Field(8, ge=1, description="example cutouts drawn with the mask")
+    real_predictions: str | None = Field(
+        "reports/real/cluster_age.ecsv",
+        description="predictions table of `astrobatch cluster-age predict` on the "
+        "cross-galaxy sample (columns log_age, log_age_reference); evaluate reports "
+        "cross_galaxy/... from it. null, empty or a missing file: no cross-galaxy metrics",
+    )
 
 
 class ClusterAgeParams(Strict):
@@ -152,6 +204,7 @@ class ClusterAgeParams(Strict):
 
     seed: int = 0
     simulate: ClusterAgeSimulate = ClusterAgeSimulate()
+    cross_galaxy: ClusterAgeCrossGalaxy = ClusterAgeCrossGalaxy()
     data: ClusterAgeData = ClusterAgeData()
     mask: MaskParams = MaskParams()
     model: CNNParams = CNNParams()

@@ -14,6 +14,7 @@ SUMMARY = (
     "test/mdae_log_age", "test/mae_log_age", "test/r2_log_age",
     "baseline/mean/test/mdae_log_age", "baseline/photometric/test/mdae_log_age",
     "test/mdae_log_age_over_mean_baseline",
+    "cross_galaxy/mdae_log_age", "baseline/mean/cross_galaxy/mdae_log_age",
 )  # fmt: skip
 
 
@@ -35,6 +36,28 @@ def simulate_cmd(p, out) -> None:
     out = out or p.data.raw_path
     with progress("simulate cutouts", p.simulate.n_clusters) as update:
         summary = simulate_to_file(p.simulate, out, progress=update)
+    study.log.info("wrote %s (%s)", out, summary)
+
+
+@study.stage(
+    "simulate-cross", out="raw", out_help="Raw HDF5 file to write (default: cross_galaxy.raw_path)."
+)
+def simulate_cross_cmd(p, out) -> None:
+    """Simulate the cross-galaxy sample: cutouts drawn from another LEGUS catalogue.
+
+    Reads cluster_age.simulate from PARAMS with cluster_age.cross_galaxy's
+    catalogue_path (default NGC 1566), catalogue_distance_modulus (31.28),
+    n_clusters and seed in place of simulate's. Writes OUT (default:
+    cluster_age.cross_galaxy.raw_path) in the raw_phangs_dataset.h5 layout; it
+    takes no part in the splits: `astrobatch cluster-age predict` reads it.
+    """
+    from astrobatch.progress import progress
+    from astrobatch.studies.cluster_age.simulate import simulate_to_file
+
+    sim = p.cross_galaxy.simulate_params(p.simulate)
+    out = out or p.cross_galaxy.raw_path
+    with progress("simulate cross-galaxy cutouts", sim.n_clusters) as update:
+        summary = simulate_to_file(sim, out, progress=update)
     study.log.info("wrote %s (%s)", out, summary)
 
 
@@ -81,4 +104,24 @@ def evaluate_cmd(p, paths) -> None:
 
     m = evaluate(p, paths)
     title = f"cluster_age {p.model.input} mask={p.mask.type} R={p.mask.radius}"
-    print_summary(title, [(k, m[k]) for k in SUMMARY])
+    print_summary(title, [(k, m[k]) for k in SUMMARY if k in m])
+
+
+@study.predict()
+def predict_cmd(p, model, inputs):
+    """Predict cluster ages of raw cutout files with the trained CNN.
+
+    Reads INPUT: raw_phangs_dataset.h5 files (or folders of *.h5) in the
+    PHANGS-HST layout that prepare reads (cluster_ids, galaxy_ids,
+    image_cutouts (N, 5, H, H) with H >= the training crop, cluster_log_ages),
+    validated as prepare validates them, cropped, masked and normalised as
+    for training; MODEL: best.ckpt, normalisation.json and the training
+    manifest.json (else data/prepared/cluster_age/manifest.json); PARAMS as
+    trained (model, mask, training). Writes OUT (.ecsv or .fits), one row per
+    cutout: file, galaxy_id, cluster_id (ids), log_age (log10(age / yr),
+    dimensionless), age (yr), log_age_reference (the file's
+    cluster_log_ages). No uncertainties: the CNN is one MSE regression.
+    """
+    from astrobatch.studies.cluster_age.predict import predict
+
+    return predict(p, model, inputs)

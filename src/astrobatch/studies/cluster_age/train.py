@@ -144,8 +144,9 @@ def train(
         Reads ``prepared`` (the folder ``astrobatch cluster-age prepare`` wrote:
         ``{train,val,test}.h5`` with ``images`` and ``log_age``, ``manifest.json`` with the
         target's min and max); writes ``models`` (``best.ckpt``, ``last.ckpt``,
-        ``train_state.json`` and ``normalisation.json``, the statistics of the masked
-        training images) and ``live`` (DVCLive curves of the MSE on min-max scaled log age).
+        ``train_state.json``, ``normalisation.json``, the statistics of the masked
+        training images, and a copy of the training ``manifest.json``: the folder alone
+        predicts) and ``live`` (DVCLive curves of the MSE on min-max scaled log age).
     callbacks : list of lightning Callback, optional
 
     Returns
@@ -173,6 +174,7 @@ def train(
         build_task, dm, t, model_dir, live_dir, seed=params.seed,
         config=[params.mask.model_dump(), params.model.model_dump()],
         inputs=[prepared_dir / "manifest.json"], callbacks=callbacks,
+        bundle=[prepared_dir / "manifest.json"],
     )  # fmt: skip
     write_json(
         Path(model_dir) / NORM_FILE,

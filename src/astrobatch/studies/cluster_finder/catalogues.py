@@ -97,6 +97,7 @@ __all__ = [
     "GALAXY_COLUMNS",
     "LAYOUTS",
     "MEMBER_COLUMNS",
+    "catalogue_kind",
     "check_in_footprint",
     "check_members",
     "read_clusters",
@@ -685,6 +686,74 @@ def read_galaxies(
         declination outside [-90, 90]; the message names the file and column.
     """
     return _read("galaxies", path, columns, require, layout, hdu)
+
+
+# ------------------------------------------------------------------------- kind of file
+#: Canonical columns that only a member catalogue has / only a cluster catalogue has (the
+#: ids, positions and spectroscopic redshifts are in both; ``objid`` is read from ``ID``,
+#: which is also the cluster id of the dr8 cluster layout).
+KIND_COLUMNS = {
+    "members": ("r", "p", "p_free", "theta_i", "theta_r", *MAG_COLUMNS, *MAGERR_COLUMNS,
+                "imag", "imag_err"),
+    "clusters": ("z_lambda", "z_lambda_err", "richness", "richness_err"),
+}  # fmt: skip
+
+
+def catalogue_kind(path: str | Path, hdu: int = 1) -> str:
+    """Whether a redMaPPer table is a member catalogue or a cluster catalogue, by its columns.
+
+    Every layout of :data:`LAYOUTS` is tried (dr8 public names, the redmapper code's names,
+    the cluster-list CSV): the score of a kind is the largest number of its own columns
+    (:data:`KIND_COLUMNS`) that one of its layouts finds in the file. The higher score wins,
+    so a member file that lacks a column is still recognised as one (and
+    :func:`read_members` then names the missing column).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        FITS table (HDU ``hdu``) or CSV.
+    hdu : int
+        HDU of a FITS table.
+
+    Returns
+    -------
+    str
+        ``"members"`` or ``"clusters"``.
+
+    Raises
+    ------
+    InputError
+        A missing or unreadable file, or a table with as many member as cluster columns
+        (none of either, say); the message lists the columns present.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, pandas as pd
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "clusters.fits"
+    >>> write_clusters(p, pd.DataFrame({"cluster_id": [1], "ra": [10.0], "dec": [0.0],
+    ...                                 "z_lambda": [0.2], "richness": [30.0]}))
+    >>> catalogue_kind(p)
+    'clusters'
+    """
+    path = Path(path)
+    table = _Table(path, "redMaPPer catalogue", hdu)
+    try:
+        score = {
+            kind: max(sum(any(table.has(s) for s in spec.get(c, ())) for c in own)
+                      for spec in LAYOUTS[kind].values())
+            for kind, own in KIND_COLUMNS.items()
+        }  # fmt: skip
+    finally:
+        table.close()
+    if score["members"] == score["clusters"]:
+        raise InputError(
+            "cannot tell a member catalogue from a cluster catalogue: expected member columns "
+            "(P, THETA_I, THETA_R, R, magnitudes) or cluster columns (Z_LAMBDA, LAMBDA); "
+            f"present: {table.names[:20]}",
+            path,
+            "Z_LAMBDA",
+        )
+    return max(score, key=score.get)
 
 
 # ------------------------------------------------------------------------ cross checks

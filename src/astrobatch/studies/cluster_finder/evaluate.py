@@ -22,9 +22,13 @@ Metrics (test split; :data:`HEADLINE` go to ``metrics/cluster_finder.json``, eve
   nmad_dex}`` of ``log10 λ_pred / λ_true`` and ``richness/mass_scatter_dex`` (the mass
   proxy M = 10^14.344 (λ/40)^1.33 Msun scales it by 1.33); the same under
   ``baseline/train_median/`` and ``baseline/gradient_boosting/``.
-- ``real/{redshift,richness}_{pred,redmapper}`` for the real cluster's members, and
-  ``reference/z_lambda_sigma_nmad``: redMaPPer's own Z_LAMBDA against BCG_SPEC_Z on the real
-  412-cluster table (the scatter a member-based redshift can reach).
+- ``real/{redshift,richness}_{pred,redmapper}``, ``real/n_members`` and ``real/n_clusters``
+  from the predictions table of the real clusters (``evaluate.real_predictions``, written by
+  ``astrobatch cluster-finder predict``, the ``cluster_finder_predict`` stage;
+  :func:`~astrobatch.studies.cluster_finder.predict.real_metrics`: with several clusters
+  ``real/redshift/*`` and ``real/richness/*`` instead); none when the path is null or the
+  file absent. ``reference/z_lambda_sigma_nmad``: redMaPPer's own Z_LAMBDA against
+  BCG_SPEC_Z on the real 412-cluster table (the scatter a member-based redshift can reach).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from astrobatch.studies.cluster_finder.members import (
     predict_sets,
 )
 from astrobatch.studies.cluster_finder.params import ClusterFinderParams
+from astrobatch.studies.cluster_finder.predict import real_metrics
 from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
 
 log = logging.getLogger(__name__)
@@ -282,7 +287,7 @@ def member_metrics(params: ClusterFinderParams, prepared: Path, models: Path
     metrics : dict of str to float
         ``redshift/*`` (:func:`~astrobatch.evaluate.metrics.redshift_metrics`),
         ``richness/*`` (:func:`~astrobatch.evaluate.metrics.log_ratio_metrics`, dex, plus
-        ``mass_scatter_dex``), the same under ``baseline/<name>/``, and ``real/*``.
+        ``mass_scatter_dex``), the same under ``baseline/<name>/``.
     table : pandas.DataFrame
         One row per test set and target: ``target, cluster_id, n_members, true``,
         ``pred_model``, ``pred_train_median``, ``pred_gradient_boosting``.
@@ -313,12 +318,36 @@ def member_metrics(params: ClusterFinderParams, prepared: Path, models: Path
             "target": which, "cluster_id": test["cluster_id"], "n_members": test["n_members"],
             "true": test["target"], **{f"pred_{k}": v for k, v in preds.items()},
         }))  # fmt: skip
-        if (folder / "real.h5").is_file():
-            real = predict_sets(model, folder, "real", spec.sampling, params.seed)
-            metrics[f"real/{which}_pred"] = float(real["prediction"][0])
-            metrics[f"real/{which}_redmapper"] = float(real["target"][0])
-            metrics["real/n_members"] = int(real["n_members"][0])
     return metrics, pd.concat(frames, ignore_index=True)
+
+
+def read_real_predictions(path: str | None):
+    """The predictions table of the real clusters (``evaluate.real_predictions``), or None.
+
+    A null or empty path, or a missing file, means no real-data metrics (logged at INFO),
+    not an error: the ``cluster_finder_predict`` stage writes the table after training.
+
+    Parameters
+    ----------
+    path : str or None
+        An ``.ecsv`` or ``.fits`` table of ``astrobatch cluster-finder predict``.
+
+    Returns
+    -------
+    astropy.table.Table or None
+        ``meta["path"]`` set to ``path``.
+
+    Raises
+    ------
+    InputError
+        A file that is not a readable table (or has another suffix).
+    """
+    from astrobatch.io.predictions import read_predictions
+
+    table = read_predictions(path)
+    if table is not None:
+        table.meta["path"] = str(path)
+    return table
 
 
 def reference_scatter(path: str) -> dict[str, float]:
@@ -395,6 +424,9 @@ def evaluate(params: ClusterFinderParams, paths: StudyPaths) -> dict[str, float]
 
     mm, members = member_metrics(params, prepared, models)
     metrics.update(mm)
+    real = read_real_predictions(params.evaluate.real_predictions)
+    if real is not None:
+        metrics.update(real_metrics(real, OUTLIER))
     if params.data.reference_clusters:
         metrics.update(reference_scatter(params.data.reference_clusters))
     metrics["n_test_images"] = len(label)

@@ -124,8 +124,9 @@ def train_members(
         ``<which>`` (sampling: members per drawn set and draws per cluster; model,
         training, rotate) and ``seed``.
     paths : StudyPaths
-        Reads ``prepared/members_<which>/``; writes ``models`` (``best.ckpt``, ``last.ckpt``)
-        and ``live`` (curves).
+        Reads ``prepared/members_<which>/``; writes ``models`` (``best.ckpt``,
+        ``last.ckpt``, and copies of the training ``manifest.json`` and ``scalers.json``,
+        so that the folder alone predicts) and ``live`` (curves).
     which : {"redshift", "richness"}
 
     Returns
@@ -152,6 +153,7 @@ def train_members(
         seed=params.seed, config=[which, spec.model.model_dump(), spec.rotate,
                                   spec.sampling.model_dump()],
         inputs=[folder / "manifest.json", folder / "scalers.json"], callbacks=callbacks,
+        bundle=[folder / "manifest.json", folder / "scalers.json"],
     )  # fmt: skip
 
 
@@ -163,7 +165,8 @@ def load_members_model(spec: MembersTarget, folder: Path, model_dir: Path) -> to
     spec : MembersTarget
         Its ``model`` must be the one the checkpoint was trained with.
     folder : pathlib.Path
-        The prepared ``members_<target>/`` folder (its ``train.h5`` gives F).
+        A folder with the training ``manifest.json`` (its ``features`` give F): the
+        prepared ``members_<target>/`` or the model folder, which keeps a copy.
     model_dir : pathlib.Path
 
     Returns
@@ -174,10 +177,12 @@ def load_members_model(spec: MembersTarget, folder: Path, model_dir: Path) -> to
     Raises
     ------
     InputError
-        A missing or incompatible checkpoint, or a missing shard.
+        A missing or incompatible checkpoint, or a missing manifest.
     """
-    with open_shard(folder / "train.h5") as r:
-        n_features = len(r.names("stars/features") or [])
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.is_file():
+        raise InputError("missing training manifest (run prepare, then train)", manifest)
+    n_features = len(json.loads(manifest.read_text()).get("features") or [])
     model = build_set_model(in_features=n_features, **spec.model.model_dump())
     return load_model_weights(model, Path(model_dir) / "best.ckpt")
 

@@ -118,7 +118,8 @@ class ClusterFinderData(Strict):
     split: SplitRatios = SplitRatios()
     real_members: str = Field(
         "data/external/cluster_finder/redmapper_test_cluster_members.fit",
-        description="real members to predict (empty: none)",
+        description="real members that prepare writes as the real.h5 set shards (empty: "
+        "none); evaluate no longer predicts them: `astrobatch cluster-finder predict` does",
     )
     real_clusters: str = Field(
         "data/external/cluster_finder/redmapper_test_dr8_input_cluster_catalog.fit",
@@ -205,6 +206,17 @@ class MembersTarget(Strict):
     rotate: bool = Field(True, description="random 3-D rotations of the unit vectors")
 
 
+class ClusterFinderEvaluate(Strict):
+    """Evaluation settings that are not detection's: the real clusters' predictions."""
+
+    real_predictions: str | None = Field(
+        "reports/real/cluster_finder.ecsv",
+        description="predictions table of the real clusters (`astrobatch cluster-finder "
+        "predict`, the cluster_finder_predict stage) summarised as the real/ metrics; null, "
+        "empty or a missing file: none",
+    )
+
+
 class ClusterFinderParams(Strict):
     """The ``cluster_finder`` section of ``params.yaml``."""
 
@@ -215,6 +227,7 @@ class ClusterFinderParams(Strict):
     classifier: TrainingParams = TrainingParams(batch_size=32, max_epochs=15, lr=2e-3, patience=5)
     detector: TrainingParams = TrainingParams(batch_size=16, max_epochs=30, lr=2e-3, patience=8)
     detection: DetectorEval = DetectorEval()
+    evaluate: ClusterFinderEvaluate = ClusterFinderEvaluate()
     redshift: MembersTarget = MembersTarget()
     richness: MembersTarget = MembersTarget(
         # every member, none dropped: richness is close to a count of members

@@ -107,6 +107,27 @@ def train_richness_cmd(p, paths) -> dict:
     return train_members(p, paths, "richness")
 
 
+@study.predict()
+def predict_cmd(p, model, inputs):
+    """Redshift and richness of real clusters from their redMaPPer member catalogues.
+
+    Reads INPUT: a member catalogue (FITS; dr8 public names, or the redmapper code's names
+    such as data/external/cluster_finder/redmapper_test_cluster_members.fit) and its cluster
+    catalogue (ids, Z_LAMBDA, LAMBDA; e.g. redmapper_test_dr8_input_cluster_catalog.fit),
+    as two --input flags or one folder, told apart by their columns and validated as
+    prepare validates them; the member-set models MODEL/redshift and MODEL/richness, with
+    the training scalers and features of data/prepared/cluster_finder/members_*/. Member
+    catalogues only: the image models need images, which the real samples lack. Writes OUT
+    (.ecsv or .fits), one row per cluster: mem_match_id, members_file, ra, dec (deg),
+    n_members, z_lambda and z_lambda_reference (redMaPPer's Z_LAMBDA), lambda and
+    lambda_reference (LAMBDA), mass and mass_reference (Msun, 10^14.344 (lambda/40)^1.33);
+    redshifts and richnesses are dimensionless.
+    """
+    from astrobatch.studies.cluster_finder.predict import predict
+
+    return predict(p, model, inputs)
+
+
 @study.stage(
     "evaluate",
     inputs={"prepared": None, "models": study.paths.models, "metrics": None, "plots": None,
@@ -117,7 +138,9 @@ def evaluate_cmd(p, paths) -> None:
 
     Writes METRICS (accuracy, ROC AUC, precision, recall; completeness and purity at IoU
     0.5 and AP@0.5; redshift bias, sigma_NMAD and outlier fraction of dz/(1+z); richness
-    bias and scatter in log10; baselines), REPORTS and PLOTS (completeness/purity
+    bias and scatter in log10; baselines; real/ metrics of the real clusters from the
+    predictions table cluster_finder.evaluate.real_predictions, written by
+    predict), REPORTS and PLOTS (completeness/purity
     curves, completeness against z and richness, example images with boxes, dz/(1+z)
     against z).
     """

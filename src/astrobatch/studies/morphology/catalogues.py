@@ -160,6 +160,7 @@ def read_catalogue(
     id_column: str = "auto",
     image_column: str = "auto",
     image_root: str | Path = "",
+    require_votes: bool = True,
 ) -> Catalogue:
     """Read one Galaxy Zoo catalogue and map its answers to GZ DECaLS names.
 
@@ -174,6 +175,9 @@ def read_catalogue(
         Column names, or ``auto`` (:data:`ID_COLUMNS`, :data:`IMAGE_COLUMNS`).
     image_root : str or pathlib.Path
         Folder the image paths are relative to (empty: the catalogue's folder).
+    require_votes : bool
+        If False, a table without any answer column is read as ids and images only (empty
+        ``counts`` and ``fractions``, layout ``gz_decals``): galaxies to predict.
 
     Returns
     -------
@@ -188,7 +192,12 @@ def read_catalogue(
     path = Path(path)
     df = read_table(path)
     if layout == "auto":
-        layout = detect_layout(df.columns, path)
+        try:
+            layout = detect_layout(df.columns, path)
+        except InputError:
+            if require_votes:
+                raise
+            layout = "gz_decals"  # no answer columns: nothing is read through the layout
     elif layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; known: {sorted(LAYOUTS)}", path)
     id_col = _pick(df, id_column, ID_COLUMNS, path, "galaxy id")
@@ -233,7 +242,7 @@ def read_catalogue(
                     path, col,
                 )  # fmt: skip
             fractions[answer] = v
-    if not counts and not fractions:
+    if not counts and not fractions and require_votes:
         raise InputError(f"no answer columns of the {layout} layout", path)
     return Catalogue(path, layout, ids, np.asarray(surveys, dtype=str), images, counts, fractions)
 

@@ -4,8 +4,10 @@ Models: ``full`` (the fine-tuned backbone + head, ``models/morphology/full``) an
 ``head_only`` (the frozen-backbone stage, ``models/morphology/head``), and the per-answer
 train-mean baseline (the vote-weighted mean fraction of each answer over the training
 galaxies that were asked). Sets: ``test`` (in distribution: the training surveys' test
-split), ``ood_<survey>`` (each held-out survey) and ``real`` (the real galaxies, fractions
-only: the sim-to-real case).
+split), ``ood_<survey>`` (each held-out survey) and ``real`` (the real galaxies: the
+sim-to-real case), scored from the predictions table that ``astrobatch morphology predict``
+wrote (``evaluate.real_predictions``: its ``<answer>`` and ``<answer>_reference`` columns,
+:func:`real_from_table`; no ``head_only/real`` metrics, as predict runs the full model only).
 
 Metrics (:func:`astrobatch.evaluate.metrics.fraction_metrics` over the answers a galaxy
 was asked, by at least ``evaluate.min_asked_share`` of its volunteers: :func:`counted`):
@@ -27,19 +29,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from astrobatch.data.images import open_shard
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import fraction_metrics
 from astrobatch.io.atomic import read_manifest
 from astrobatch.studies.morphology.params import MorphologyParams
+from astrobatch.studies.morphology.predict import predict_batches
 from astrobatch.studies.morphology.train import VoteTask, image_datasets, image_transform, load_task
 from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
-from astrobatch.tasks.votes import expected_fractions, interval_coverage, predictive_interval
+from astrobatch.tasks.votes import interval_coverage, predictive_interval
 
 log = logging.getLogger(__name__)
 KEYS = ("r", "r2", "r_squared", "mae", "mse")
+#: The set name of the real galaxies' metrics (``real/r``, ``real/mae``, ...).
+REAL = "real"
 
 
 def headline(manifest: dict, loss: str) -> list[str]:
@@ -61,19 +65,82 @@ def headline(manifest: dict, loss: str) -> list[str]:
     return keys
 
 
-@torch.inference_mode()
 def predict_set(task: VoteTask, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted fractions and raw outputs (concentrations for Dirichlet), each (n, A)."""
-    task.eval()
-    fr, raw = [], []
-    for a in range(0, len(dataset), batch_size):
-        b = dataset.__getitems__(list(range(a, min(a + batch_size, len(dataset)))))
-        out = task(b["x"])  # one forward pass; Dirichlet fractions are its normalised mean
-        raw.append(out.double().numpy())
-        f = expected_fractions(out, task.qindex, task.n_questions) if task.kind == "dirichlet" \
-            else out  # fmt: skip
-        fr.append(f.double().numpy())
-    return np.concatenate(fr), np.concatenate(raw)
+    """Predicted fractions and raw outputs (concentrations for Dirichlet), each (n, A).
+
+    The batches of a prepared set through :func:`.predict.predict_batches`.
+    """
+    batches = (dataset.__getitems__(list(range(a, min(a + batch_size, len(dataset)))))["x"]
+               for a in range(0, len(dataset), batch_size))  # fmt: skip
+    return predict_batches(task, batches)
+
+
+def real_from_table(path: str | Path | None, answers: list[str], qindex: np.ndarray
+                    ) -> tuple[np.ndarray, ...] | None:  # fmt: skip
+    """Predictions and targets of the real galaxies from a ``morphology predict`` table.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path or None
+        ECSV or FITS table (``evaluate.real_predictions``). Empty, None or a missing file:
+        None (logged at INFO: no real-data metrics).
+    answers : list of str
+        The prepared schema's answers (A).
+    qindex : numpy.ndarray, shape (A,), int
+        Question of each answer.
+
+    Returns
+    -------
+    (pred, targets, votes, ids, surveys) or None
+        ``pred`` float64 (n, A), the table's ``<answer>`` columns (0 where absent);
+        ``targets`` float64 (n, 3, A) as the prepared shards hold them: fractions (the
+        ``<answer>_reference`` columns, NaN -> 0), counts (0: the table has none) and
+        weights (the question's ``<question>_votes`` where the table has them, else 1,
+        and 0 where the reference or the prediction is missing); ``votes`` float64
+        (n, A), the question's votes of each answer (NaN: not in the table); ``ids``
+        (``galaxy_id``) and ``surveys`` (``survey``, else ``real``) str (n,). None as
+        above, or when no answer has both columns.
+
+    Raises
+    ------
+    InputError
+        A file that is not a readable table.
+    """
+    from astrobatch.io.predictions import read_predictions
+
+    t = read_predictions(path)  # None (logged) when unset or not written yet
+    if t is None:
+        return None
+    n, a = len(t), len(answers)
+    pred = np.zeros((n, a))
+    targets = np.zeros((n, 3, a))
+    votes = np.full((n, a), np.nan)
+    used = 0
+    for j, name in enumerate(answers):
+        if name not in t.colnames or f"{name}_reference" not in t.colnames:
+            continue
+        p = np.asarray(t[name], np.float64)
+        ref = np.asarray(t[f"{name}_reference"], np.float64)
+        q = name.split("_", 1)[0]
+        if f"{q}_votes" in t.colnames:
+            votes[:, j] = w = np.asarray(t[f"{q}_votes"], np.float64)
+        else:
+            w = np.ones(n)
+        ok = np.isfinite(p) & np.isfinite(ref) & np.isfinite(w)
+        pred[:, j] = np.where(ok, p, 0.0)
+        targets[:, 0, j] = np.where(ok, ref, 0.0)
+        targets[:, 2, j] = np.where(ok, w, 0.0)
+        used += 1
+    if not used:
+        log.info("%s: no <answer> with <answer>_reference column of the schema: no real-data "
+                 "metrics", path)  # fmt: skip
+        return None
+    ids = np.asarray(t["galaxy_id"]).astype(str) if "galaxy_id" in t.colnames \
+        else np.arange(n).astype(str)  # fmt: skip
+    surveys = np.asarray(t["survey"]).astype(str) if "survey" in t.colnames \
+        else np.full(n, "real")  # fmt: skip
+    log.info("real: %d galaxies, %d answers from %s", n, used, path)
+    return pred, targets, votes, ids, surveys
 
 
 def counted(targets: np.ndarray, min_asked_share: float) -> np.ndarray:
@@ -124,8 +191,9 @@ def evaluate(params: MorphologyParams, paths: StudyPaths) -> dict[str, float]:
     ----------
     params : MorphologyParams
     paths : StudyPaths
-        Reads ``prepared``, ``pretrained`` (head stage), ``models`` (full stage) and
-        ``live``; writes ``plots``, ``reports`` (``predictions.parquet``,
+        Reads ``prepared``, ``pretrained`` (head stage), ``models`` (full stage),
+        ``live`` and the real galaxies' predictions table ``evaluate.real_predictions``
+        (:func:`real_from_table`); writes ``plots``, ``reports`` (``predictions.parquet``,
         ``pred_vs_true.csv``) and, last, ``metrics``.
 
     Returns
@@ -145,7 +213,9 @@ def evaluate(params: MorphologyParams, paths: StudyPaths) -> dict[str, float]:
     qindex = np.asarray(manifest["question_index"])
     full = load_task(params, manifest, model_dir)
     head = load_task(params, manifest, head_dir)
-    names = ["train", *[s for s in manifest["sets"] if s != "train"]]
+    # a prepared folder of an older prepare may still hold a `real` set: scored from the
+    # predictions table below instead
+    names = ["train", *[s for s in manifest["sets"] if s not in ("train", REAL)]]
     data = image_datasets(params, Path(prepared_dir), image_transform(full.model), names)
     base = train_mean(data["train"].targets)
     bs = max(params.full.batch_size, 64)
@@ -181,6 +251,22 @@ def evaluate(params: MorphologyParams, paths: StudyPaths) -> dict[str, float]:
                     "set": name, "galaxy_id": ids[sel], "survey": surveys[sel], "answer": a,
                     "fraction_true": y[sel, 0, j], "fraction_pred": pf[sel, j],
                     "fraction_pred_head_only": ph[sel, j], "question_votes": votes[sel, j],
+                }))  # fmt: skip
+    real = real_from_table(params.evaluate.real_predictions, answers, qindex)
+    if real is not None:
+        pf, y, votes, ids, surveys = real
+        preds[REAL] = (pf, np.full_like(pf, np.nan), y)
+        keep = counted(y, params.evaluate.min_asked_share)
+        metrics.update(set_metrics(REAL, pf, y, answers, keep))
+        metrics.update(set_metrics(f"baseline/train_mean/{REAL}", np.tile(base, (len(y), 1)),
+                                   y, answers, keep))  # fmt: skip
+        for j, a in enumerate(answers):
+            sel = keep[:, j]
+            if sel.any():
+                rows.append(pd.DataFrame({
+                    "set": REAL, "galaxy_id": ids[sel], "survey": surveys[sel], "answer": a,
+                    "fraction_true": y[sel, 0, j], "fraction_pred": pf[sel, j],
+                    "fraction_pred_head_only": np.nan, "question_votes": votes[sel, j],
                 }))  # fmt: skip
     for name in names[1:]:
         if name.startswith("ood_") and "test/mse" in metrics:

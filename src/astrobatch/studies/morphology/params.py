@@ -131,11 +131,6 @@ class MorphologyData(Strict):
     ood_surveys: list[str] = Field(
         default_factory=lambda: ["ukidss"], description="surveys held out entirely (OOD tests)"
     )
-    real_catalogue: str = Field(
-        "data/external/morphology/gz_decals_rings/catalog.csv",
-        description="real galaxies evaluated as one more set (empty: none); fractions only",
-    )
-    real_survey: str = Field("decals_real", description="survey name of the real set")
     questions: list[str] = Field(
         default_factory=list,
         description="questions to keep (empty: those every catalogue's layout shares)",
@@ -221,6 +216,15 @@ class MorphologyEvaluate(Strict):
         0.5,
         description="metrics count an answer when its question was asked of at least this "
         "share of the galaxy's volunteers (Walmsley et al. 2022; 0: whenever asked)",
+    )
+    #: The real galaxies' metrics (``real/...``) come from the table that
+    #: ``astrobatch morphology predict`` wrote (the ``morphology_predict`` stage), not from a
+    #: prepared set: its ``<answer>`` and ``<answer>_reference`` columns.
+    real_predictions: str | None = Field(
+        "reports/real/morphology.ecsv",
+        description="predictions table (.ecsv/.fits) of `astrobatch morphology predict` on the "
+        "real galaxies, scored as the `real` set (empty, null or a missing file: no real-data "
+        "metrics)",
     )
 
 

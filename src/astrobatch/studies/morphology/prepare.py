@@ -14,7 +14,9 @@ Steps:
    ``n_train`` (``train_surveys`` proportions; the lowest hashes first, so a smaller
    ``n_train`` is a subset of a larger one; a share of 0 leaves a survey out); every
    held-out survey is one set
-   ``ood_<survey>``; the real catalogue (``real_catalogue``, fractions only) is ``real``;
+   ``ood_<survey>``; real galaxies take part in no set: ``astrobatch morphology predict``
+   applies the trained model to them (:mod:`.predict`, through :func:`check_images` and
+   :func:`read_images` here);
 5. images decoded once (Pillow for JPEG/PNG, astropy for FITS) and resized to
    ``image_size``, written as ``uint8 (n, 3, S, S)`` chunked HDF5 shards with
    ``fractions``, ``counts``, ``weights`` ``(n, A)``, ``galaxy_id`` and ``survey``;
@@ -42,7 +44,6 @@ from astrobatch.studies.morphology.schema import DECALS, shared_questions
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-REAL = "real"
 
 
 def assign_splits(ids, split: SplitRatios) -> np.ndarray:
@@ -93,13 +94,47 @@ def training_quota(available: dict[str, int], shares: dict[str, float], n_train:
     return quota
 
 
-def _check_images(cat: Catalogue) -> None:
+def check_images(cat: Catalogue) -> None:
+    """Check that every image of ``cat`` exists, before anything is decoded.
+
+    Raises
+    ------
+    InputError
+        Missing images: one message with their count and the first few paths, naming
+        the catalogue and ``images``.
+    """
     missing = [p for p in cat.images if not p.is_file()]
     if missing:
         first = [str(p) for p in missing[:SHOW]]
         raise InputError(
             f"{len(missing)} of {cat.n} images not found (first: {first})", cat.path, "images"
         )
+
+
+def read_images(paths, size: int, fits_stretch: float) -> np.ndarray:
+    """Decode and resize image files as the prepared shards store them.
+
+    Parameters
+    ----------
+    paths : sequence of pathlib.Path
+        JPEG, PNG or FITS files (:func:`astrobatch.io.image_files.read_image`).
+    size : int
+        Side the images are resized to, pixels (``data.image_size``).
+    fits_stretch : float
+        FITS images: the asinh softening in sky MADs (``data.fits_stretch``).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, 3, size, size), uint8
+
+    Raises
+    ------
+    InputError
+        A missing, truncated or corrupt image (naming the file).
+    """
+    if not len(paths):
+        return np.zeros((0, 3, size, size), np.uint8)
+    return np.stack([read_image(p, size, fits_stretch) for p in paths])
 
 
 def _shard_columns(n_answers: int, size: int, answers: list[str]) -> dict[str, Column]:
@@ -125,7 +160,7 @@ def _write_set(path: Path, rows: list[tuple[Catalogue, np.ndarray]], answers: li
             frac, cnt, wt = vote_arrays(cat, answers)
             for a in range(0, len(idx), chunk):
                 sel = idx[a : a + chunk]
-                imgs = np.stack([read_image(cat.images[i], size, data.fits_stretch) for i in sel])
+                imgs = read_images([cat.images[i] for i in sel], size, data.fits_stretch)
                 w.append({
                     "images": imgs, "fractions": frac[sel], "counts": cnt[sel],
                     "weights": wt[sel], "galaxy_id": cat.ids[sel], "survey": cat.surveys[sel],
@@ -142,8 +177,8 @@ def prepare(data: MorphologyData, out_dir: str | Path,
     ----------
     data : MorphologyData
     out_dir : str or pathlib.Path
-        Receives ``train.h5``, ``val.h5``, ``test.h5``, ``ood_<survey>.h5``, ``real.h5``
-        (when ``real_catalogue`` is set) and ``manifest.json``.
+        Receives ``train.h5``, ``val.h5``, ``test.h5``, ``ood_<survey>.h5`` and
+        ``manifest.json``.
     progress : callable, optional
         ``progress(done, total)``: images written so far, of all.
 
@@ -186,14 +221,8 @@ def prepare(data: MorphologyData, out_dir: str | Path,
     schema = DECALS.restrict(questions)
     answers = schema.answer_names
     for cat in cats:
-        _check_images(cat)
+        check_images(cat)
         vote_arrays(cat, answers)  # every kept answer has counts: fail before writing
-    real = None
-    if data.real_catalogue:
-        real = read_catalogue(data.real_catalogue, data.real_survey)
-        _check_images(real)
-        if not set(real.fractions) & set(answers):
-            raise InputError(f"no answer of the schema ({answers[:SHOW]}...)", real.path)
 
     # sets ---------------------------------------------------------------------------------
     sets: dict[str, list[tuple[Catalogue, np.ndarray]]] = {}
@@ -225,8 +254,6 @@ def prepare(data: MorphologyData, out_dir: str | Path,
                     left -= len(take)
                 rows.append((cat, np.sort(take)))
         sets[name] = rows
-    if real is not None:
-        sets[REAL] = [(real, np.arange(real.n))]
     counts = {k: int(sum(len(i) for _, i in v)) for k, v in sets.items()}
     empty = [k for k, v in counts.items() if v == 0 and k in ("train", "val")]
     if empty:
@@ -246,7 +273,6 @@ def prepare(data: MorphologyData, out_dir: str | Path,
         for name, rows in sets.items():
             if counts[name]:
                 _write_set(tmp / f"{name}.h5", rows, answers, data, name, step)
-        real_answers = sorted(set(real.fractions) & set(answers), key=answers.index) if real else []
         manifest = {
             "answers": answers,
             "questions": schema.question_names,
@@ -261,8 +287,6 @@ def prepare(data: MorphologyData, out_dir: str | Path,
                 k: sorted({s for c, i in v for s in c.surveys[i].tolist()}) for k, v in sets.items()
             },
             "catalogues": [{"path": str(c.path), "layout": c.layout, "rows": c.n} for c in cats],
-            "real_catalogue": str(real.path) if real else None,
-            "real_answers": real_answers,
             "image_size": data.image_size,
         }
         write_json(tmp / "manifest.json", manifest)

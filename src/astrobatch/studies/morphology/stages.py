@@ -50,8 +50,8 @@ def prepare_cmd(p, out) -> None:
     Reads morphology.data from PARAMS: GZ DECaLS- or GZ2-layout catalogues
     (CSV, FITS, parquet) mapped to the answers they share, JPEG/PNG/FITS images
     resized to image_size; train/val/test by a hash of the galaxy id over the
-    train_surveys (mixed in their proportions, n_train in all), one set per
-    held-out survey (ood_<survey>) and the real galaxies (real). Writes
+    train_surveys (mixed in their proportions, n_train in all) and one set per
+    held-out survey (ood_<survey>); real galaxies go through `predict`. Writes
     OUT/<set>.h5 and OUT/manifest.json.
     """
     from astrobatch.progress import progress
@@ -105,7 +105,8 @@ def evaluate_cmd(p, paths) -> None:
 
     Writes METRICS (per answer and overall Pearson r, R2 (coefficient of
     determination), r2 (squared Pearson), MAE, MSE on test, each held-out
-    survey and the real galaxies; OOD degradation; 68% interval coverage with
+    survey and the real galaxies, these from the `predict` table named by
+    evaluate.real_predictions; OOD degradation; 68% interval coverage with
     the Dirichlet loss), REPORTS (predictions.parquet, pred_vs_true.csv) and
     PLOTS (per-answer r bars, predicted vs true, examples with votes).
     """
@@ -115,9 +116,31 @@ def evaluate_cmd(p, paths) -> None:
     sets = ["test", *sorted(k.split("/")[0] for k in m if k.endswith("/mse")
                             and k.count("/") == 1 and k.split("/")[0] != "test")]  # fmt: skip
     rows = [
-        (s, m.get(f"{s}/mse"), m.get(f"head_only/{s}/mse"), m.get(f"baseline/train_mean/{s}/mse"),
-         m.get(f"{s}/r"), m.get(f"{s}/mae"))
-        for s in sets
+        (s, *(m.get(k, "-") for k in (f"{s}/mse", f"head_only/{s}/mse",
+                                        f"baseline/train_mean/{s}/mse", f"{s}/r", f"{s}/mae")))
+        for s in sets  # `real` (from the predict table) has no head-only figures: "-"
     ]  # fmt: skip
     print_summary("morphology: vote fractions", rows,
                   ("set", "MSE full", "MSE head only", "MSE train mean", "r", "MAE"))  # fmt: skip
+
+
+@study.predict(model_default=FULL_DIR)
+def predict_cmd(p, model, inputs):
+    """Predict Galaxy Zoo vote fractions of real galaxies with the fine-tuned model.
+
+    Each --input is a GZ DECaLS- or GZ2-layout catalogue (CSV, FITS, parquet;
+    id and image-path columns, image paths relative to its folder) or a folder
+    holding one, checked as prepare checks catalogues (vote columns optional);
+    the images are decoded and resized as prepare does (image_size of the
+    model's prepared manifest, data.fits_stretch). MODEL: the train-full folder
+    (best.ckpt, weights-only; schema from its manifest.json or
+    data/prepared/morphology/manifest.json). Writes OUT, one row per galaxy:
+    catalogue, galaxy_id (ids), survey, image, ra/dec (deg) if present; per
+    answer <question>_<answer> the predicted vote fraction (dimensionless),
+    <...>_std (Dirichlet loss: the fraction's standard deviation) and
+    <...>_reference (the volunteers' fraction, where the catalogue has votes);
+    <question>_votes (volunteers' votes, where it has counts).
+    """
+    from astrobatch.studies.morphology.predict import predict
+
+    return predict(p, model, inputs)

@@ -186,7 +186,8 @@ def train_head(params: MorphologyParams, paths: StudyPaths) -> dict:
     params : MorphologyParams
     paths : StudyPaths
         Reads ``prepared`` (``train.h5``, ``val.h5``, ``test.h5``, ``manifest.json``);
-        writes ``models`` (``best.ckpt``, ``last.ckpt``: backbone and head) and ``live``.
+        writes ``models`` (``best.ckpt``, ``last.ckpt``: backbone and head; a copy of the
+        training ``manifest.json``, the answer schema predict reads) and ``live``.
 
     Returns
     -------
@@ -213,7 +214,7 @@ def train_head(params: MorphologyParams, paths: StudyPaths) -> dict:
     state = train_model(
         lambda: build_task(params, manifest, HEAD), dm, t, model_dir, live_dir, seed=params.seed,
         config=[params.model.model_dump(), params.loss, "head"],
-        inputs=[prepared_dir / "manifest.json"],
+        inputs=[prepared_dir / "manifest.json"], bundle=[prepared_dir / "manifest.json"],
     )  # fmt: skip
     return state
 
@@ -226,7 +227,7 @@ def train_full(params: MorphologyParams, paths: StudyPaths) -> dict:
     params : MorphologyParams
     paths : StudyPaths
         Reads ``prepared`` and ``pretrained`` (the head stage's folder, ``best.ckpt``);
-        writes ``models`` and ``live``.
+        writes ``models`` (as :func:`train_head`) and ``live``.
 
     Returns
     -------
@@ -258,7 +259,7 @@ def train_full(params: MorphologyParams, paths: StudyPaths) -> dict:
     return train_model(
         build, dm, t, model_dir, live_dir, seed=params.seed,
         config=[params.model.model_dump(), params.loss, params.augment.model_dump(), "full"],
-        inputs=[prepared_dir / "manifest.json", ckpt],
+        inputs=[prepared_dir / "manifest.json", ckpt], bundle=[prepared_dir / "manifest.json"],
     )  # fmt: skip
 
 

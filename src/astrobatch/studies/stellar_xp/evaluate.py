@@ -17,7 +17,11 @@ Metrics (flat names; ``<label>`` in ``teff`` (K), ``logg`` (dex), ``fe_h`` (dex)
   units: half of each source's XP coefficients hidden at random and predicted from the
   rest (:func:`masked_xp_error`); ``recon/<name>/xp_block_mae``: the whole XP block hidden
   and predicted from the other columns (the pretraining objective; for real sources,
-  which have nothing but XP, this measures the learned prior only).
+  which have nothing but XP, this measures the learned prior only);
+- ``real/n_sources``, ``real/<first label>/median``: a summary of the predictions table
+  of real Gaia XP sources that the predict stage wrote (``evaluate.real_predictions``;
+  :func:`astrobatch.studies.stellar_xp.predict.real_metrics`; none when it is null or
+  the file is missing). Those sources have no labels.
 
 Per-bin residuals (bias, scatter and count in quantile bins of the true value) go to
 ``reports/stellar_xp/residual_bins.csv``; predictions to ``predictions.ecsv`` (one row per
@@ -38,16 +42,19 @@ import torch
 
 from astrobatch.data.scalers import load_table_scalers
 from astrobatch.data.tables import TableArrayDataset, TableDataModule
+from astrobatch.errors import InputError
 from astrobatch.evaluate import plots
 from astrobatch.evaluate.metrics import MAD_TO_SIGMA
+from astrobatch.io.predictions import read_predictions
 from astrobatch.studies.stellar_xp.columns import LABEL_UNITS
 from astrobatch.studies.stellar_xp.params import StellarXPParams
-from astrobatch.studies.stellar_xp.train import (
-    build_finetune_task,
-    build_model,
-    build_pretrain_task,
-    read_manifest,
+from astrobatch.studies.stellar_xp.predict import (
+    load_finetuned,
+    physical_quantiles,
+    predict_quantiles,
+    real_metrics,
 )
+from astrobatch.studies.stellar_xp.train import build_pretrain_task, read_manifest
 from astrobatch.study import StudyPaths, staged_outputs, write_evaluation
 from astrobatch.tasks.masked import reconstruction_error
 from astrobatch.train import load_model_weights
@@ -135,17 +142,6 @@ def residual_bins(pred: np.ndarray, true: np.ndarray, n_bins: int = 6) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-@torch.no_grad()
-def predict_quantiles(task, ds: TableArrayDataset, batch_size: int = 1024) -> np.ndarray:
-    """Quantiles (n, L, 3) in scaled units, two-pass parallax included."""
-    task.eval()
-    out = []
-    for a in range(0, len(ds), batch_size):
-        b = ds[list(range(a, min(a + batch_size, len(ds))))]
-        out.append(task.predict_quantiles(b).double().numpy())
-    return np.concatenate(out)
-
-
 def hgb_baseline(
     train: dict, test: dict, label_idx: int, drop_cols: list[int], seed: int
 ) -> np.ndarray:
@@ -168,7 +164,9 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
     ----------
     params : StellarXPParams
         ``model``, ``masking`` and ``finetune`` rebuild both checkpoints' models; ``data``
-        names the labels; ``seed`` seeds the baselines and the reconstruction masks.
+        names the labels; ``seed`` seeds the baselines and the reconstruction masks;
+        ``evaluate.real_predictions`` is the predict stage's table of real sources
+        (summarised as ``real/`` metrics; null or missing: none).
     paths : StudyPaths
         Reads ``prepared`` (output of prepare), ``pretrained`` and ``models``
         (``best.ckpt`` of pretrain and finetune); writes ``plots`` (PNG plots),
@@ -183,7 +181,8 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
     Raises
     ------
     InputError
-        Missing prepared data or checkpoints, or checkpoints that do not match params.
+        Missing prepared data or checkpoints, checkpoints that do not match params or the
+        prepared scalers, or a real predictions table without the first label's column.
     """
     prepared_dir, pretrained_dir, model_dir = paths.need("prepared", "pretrained", "models")
     metrics_path, plots_dir, reports_dir = paths.need("metrics", "plots", "reports")
@@ -194,12 +193,10 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
     test_ds = TableArrayDataset(dm.path("test"))
     train_ds = TableArrayDataset(dm.path("train"))
 
-    # fine-tuned model (weights of best.ckpt into a freshly built task)
-    task = build_finetune_task(params, manifest, prepared_dir, build_model(params, manifest))
-    load_model_weights(task, model_dir / "best.ckpt", prefix="")
-    q_scaled = predict_quantiles(task, test_ds)  # (n, L, 3)
+    # fine-tuned model (weights of best.ckpt into a freshly built task), as predict loads it
+    task = load_finetuned(params, model_dir / "best.ckpt", prepared_dir, manifest)
+    q = physical_quantiles(predict_quantiles(task, test_ds.arrays["x"]), lscaler)  # (n, L, 3)
     mean, std = np.asarray(lscaler.mean), np.asarray(lscaler.std)
-    q = q_scaled * std[None, :, None] + mean[None, :, None]
     y_true = test_ds.arrays["y"] * std[None, :] + mean[None, :]
     y_train = train_ds.arrays["y"] * std[None, :] + mean[None, :]
 
@@ -252,6 +249,7 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
         r = reconstruction_error(ptask, pdm.loader(split), seed=params.seed, xp_masking_ratio=1.0)
         metrics[f"recon/{name}/xp_block_mae"] = float(r["mae"])
         recon_examples[name] = _recon_examples(ptask, pdm.dataset(split), manifest)
+    metrics.update(real_summary(params, labels))  # real Gaia XP sources (no labels)
     for k in ("rmse_over_hgb", "coverage_68"):  # one figure over the labels
         metrics[f"test/mean/{k}"] = float(np.mean([metrics[f"test/{lab}/{k}"] for lab in labels]))
     table = pd.concat({k: v for k, v in frames.items()}, names=["label", "row"]).reset_index()
@@ -270,6 +268,36 @@ def evaluate(params: StellarXPParams, paths: StudyPaths) -> dict[str, float]:
                for c in ("true", "q16", "q50", "q84", "hgb")},
     )  # fmt: skip
     return metrics
+
+
+def real_summary(params: StellarXPParams, labels) -> dict[str, float]:
+    """The ``real/`` metrics of the predict stage's table ``evaluate.real_predictions``.
+
+    Parameters
+    ----------
+    params : StellarXPParams
+    labels : sequence of str
+        The model's labels (the first is summarised).
+
+    Returns
+    -------
+    dict
+        :func:`astrobatch.studies.stellar_xp.predict.real_metrics` of the table; empty
+        when the param is null or the file is missing (logged at INFO).
+
+    Raises
+    ------
+    InputError
+        An unreadable table, or one without the first label's column (naming the file).
+    """
+    path = params.evaluate.real_predictions
+    real = read_predictions(path)
+    if real is None:
+        return {}
+    try:
+        return real_metrics(real, labels)
+    except InputError as err:
+        raise err.in_file(path) from None
 
 
 #: astropy units of the labels (columns.LABEL_UNITS in words; dex for the abundances)

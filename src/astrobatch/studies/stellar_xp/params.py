@@ -138,6 +138,17 @@ class FinetuneParams(Strict):
     )  # fmt: skip
 
 
+class StellarXPEvaluate(Strict):
+    """Evaluation settings beyond the prepared splits."""
+
+    real_predictions: str | None = Field(
+        "reports/real/stellar_xp.ecsv",
+        description="predictions table of real Gaia XP sources (`astrobatch stellar-xp "
+        "predict`, the stellar_xp_predict stage) summarised as real/ metrics; null or a "
+        "missing file: none",
+    )
+
+
 class StellarXPParams(Strict):
     """The ``stellar_xp`` section of ``params.yaml``."""
 
@@ -148,3 +159,4 @@ class StellarXPParams(Strict):
     model: AutoencoderParams = AutoencoderParams()
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
+    evaluate: StellarXPEvaluate = StellarXPEvaluate()

@@ -110,7 +110,8 @@ def evaluate_cmd(p, paths) -> None:
 
     Writes METRICS (per label R2, RMSE, MAE, robust bias and scatter, coverage of
     [q16, q84], fraction below q50; median and gradient-boosting baselines;
-    reconstruction error on held-out simulated and real sources), REPORTS
+    reconstruction error on held-out simulated and real sources; real/ summary
+    of the predict stage's table stellar_xp.evaluate.real_predictions), REPORTS
     (predictions.parquet, residual_bins.csv) and PLOTS (pred_vs_true,
     residual_trends, calibration, reconstruction_examples).
     """
@@ -128,3 +129,24 @@ def evaluate_cmd(p, paths) -> None:
     for k in sorted(m):
         if k.startswith("recon/"):
             study.log.info("%s = %.4g", k, m[k])
+
+
+@study.predict(FINETUNED)
+def predict_cmd(p, model, inputs):
+    """Predict stellar labels with 16/50/84 % quantiles for real Gaia XP sources.
+
+    INPUT: Gaia DR3 XP coefficient tables in the flat or archive layout (FITS,
+    ECSV or CSV, read as prepare reads real_xp_paths) or FITS tables in the
+    fine-tuning layout; folders are searched for such files. Feature columns a
+    file lacks (photometry, parallax, ...) are hidden from the model as in
+    training and listed in the table's meta (missing_feature_groups). Scaled
+    with the model folder's manifest.json/scalers.json (copies the finetune
+    stage keeps there; checked against the checkpoint). Writes OUT
+    (.ecsv or .fits), one row per source: source_id, file, n_features, and per
+    label q, q_p16, q_p84 (teff K; logg log10 cgs, fe_h and alpha dex, both
+    dimensionless; age Gyr; parallax mas, from the pass with the parallax input
+    hidden), plus q_reference where the file has the label.
+    """
+    from astrobatch.studies.stellar_xp.predict import predict
+
+    return predict(p, model, inputs)

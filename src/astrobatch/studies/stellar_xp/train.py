@@ -173,8 +173,9 @@ def finetune(
         ``finetune``, ``masking``, ``model``, ``seed``.
     paths : StudyPaths
         Reads ``prepared`` (output of prepare) and ``pretrained`` (output of
-        :func:`pretrain`, ``best.ckpt``); writes ``models`` (checkpoints) and ``live``
-        (DVCLive curves).
+        :func:`pretrain`, ``best.ckpt``); writes ``models`` (checkpoints, and copies of
+        the training ``manifest.json`` and ``scalers.json``, so that the folder alone
+        predicts) and ``live`` (DVCLive curves).
     callbacks : list of lightning Callback, optional
 
     Returns
@@ -201,4 +202,5 @@ def finetune(
         model_dir, live_dir, seed=params.seed,
         config=[params.finetune.model_dump(exclude={"training"}), params.masking.model_dump()],
         inputs=[*_inputs(prepared_dir), ckpt], callbacks=callbacks,
+        bundle=_inputs(prepared_dir),
     )  # fmt: skip
