@@ -17,11 +17,17 @@
 # requirements.txt on top, and when a pin clashes with the constraints choose an NGC release whose
 # constraints agree rather than editing either file; record the NGC release -> torch version
 # (from NVIDIA's release notes) next to the pin.
-FROM pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
+#
+# BASE_IMAGE: any image with Python 3.11 (`python` on PATH, pip) and torch ${TORCH_VERSION}. The
+# default is the CUDA image users build; `make container-test` (containers/README.md) passes a
+# local CPU base made with debootstrap, with no registry.
+ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
 
 # The torch version of the base tag: checked against the installed torch and used as a pip
 # constraint, so no requirement can ever swap the CUDA build of torch for another one.
 ARG TORCH_VERSION=2.13.0
+ARG BASE_IMAGE
 # Commit the image is built from (docker build --build-arg VCS_REF="$(git rev-parse HEAD)").
 ARG VCS_REF=unknown
 
@@ -30,7 +36,7 @@ LABEL org.opencontainers.image.title="astrobatch" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.revision="${VCS_REF}" \
       org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.base.name="docker.io/pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime"
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 REQS   ?= requirements-dev.txt
 
-.PHONY: run test lint env sweep sweep-compare clean-outputs
+.PHONY: run test lint env sweep sweep-compare clean-outputs container-test
 
 $(BIN)/astrobatch: requirements.txt requirements-cpu.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ lint: env
 
 test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# Build the image from the Dockerfile on a CPU base (debootstrap + podman, no registry) and run
+# a study's stages in it (containers/build-cpu.sh, tests/test_container_image.py; root, ~6 min).
+container-test: env
+	PATH="$(CURDIR)/$(BIN):$$PATH" ASTROBATCH_CONTAINER_TEST=1 $(BIN)/python -m pytest -q -s \
+		tests/test_container_image.py tests/test_containers.py
 
 # Sweeps of DVC experiments, defined by name in sweeps.yaml (`astrobatch sweep list`):
 #   make sweep NAME=star_sets_models [JOBS=1]   queue the grids, run them, then compare

@@ -85,10 +85,10 @@ TINY_REPO_PARAMS = {
         "sampling": {"num_star_per_sample": 32, "num_sample_per_snapshot": 4},
         "model": {"hidden_dim": 16},
         "training": {"max_epochs": 2, "batch_size": 16},
-        "evaluate": {"real_predictions": None},
     },
     "cluster_age": {
         "simulate": {"n_clusters": 60, "n_galaxies": 3},
+        "cross_galaxy": {"n_clusters": 40},
         "data": {"crop_size": 32, "chunk_images": 8},
         "model": {"conv_channels": [4, 8], "dense_units": [16]},
         "training": {"max_epochs": 2, "batch_size": 16},

@@ -62,10 +62,23 @@ def torch_pin() -> str:
     return pins[0]
 
 
+def build_args() -> dict[str, str]:
+    """Defaults of the Dockerfile's ARGs (the first declaration with a value wins)."""
+    out: dict[str, str] = {}
+    for a in instructions("ARG"):
+        name, sep, value = a.partition("=")
+        if sep:
+            out.setdefault(name, value)
+    return out
+
+
 def base_image() -> str:
+    """The default base image: the single FROM, through its build argument's default."""
     froms = instructions("FROM")
     assert len(froms) == 1, f"expected a single-stage Dockerfile, FROM lines: {froms}"
-    return froms[0].split()[0]
+    image = froms[0].split()[0]
+    m = re.fullmatch(r"\$\{?(\w+)\}?", image)
+    return build_args()[m.group(1)] if m else image
 
 
 def apptainer_sections(path: Path = APPTAINER_DEF) -> tuple[dict[str, str], dict[str, str]]:
@@ -226,11 +239,10 @@ def test_base_image_torch_equals_cpu_pin() -> None:
     pin = torch_pin()
     assert m.group(1) == pin, f"base image torch {m.group(1)} != requirements-cpu.txt torch {pin}"
     # the build-time check inside the image uses the same version
-    args = dict(a.split("=", 1) for a in instructions("ARG") if "=" in a)
-    assert args.get("TORCH_VERSION") == pin
-    # and the labels name the same base image
-    for text in (DOCKERFILE.read_text(), APPTAINER_DEF.read_text()):
-        assert f"docker.io/{image}" in text
+    assert build_args().get("TORCH_VERSION") == pin
+    # the image's label names the base it was built from; the Apptainer recipe's the default
+    assert 'org.opencontainers.image.base.name="${BASE_IMAGE}"' in DOCKERFILE.read_text()
+    assert f"docker.io/{image}" in APPTAINER_DEF.read_text()
 
 
 def test_same_entry_point_and_non_root_user() -> None:
@@ -262,3 +274,28 @@ def test_dockerignore_keeps_context_small_but_complete() -> None:
     for src in sources:
         hits = [p for p in patterns if not p.startswith("!") and fnmatch.fnmatch(src, p)]
         assert not hits, f"COPY {src} but .dockerignore excludes it ({hits})"
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The Dockerfile's ENV pairs (``ENV K=V K2=V2`` form)."""
+    out: dict[str, str] = {}
+    for args in instructions("ENV"):
+        for token in shlex.split(args):
+            key, sep, value = token.partition("=")
+            assert sep, f"ENV without '=': {args}"
+            out[key] = value
+    return out
+
+
+def test_apptainer_environment_equals_the_image_runtime_environment() -> None:
+    """apptainer.def's %environment exports exactly the Dockerfile's run-time variables (the
+    build-time ones, pip's and the byte-code switch, stay out), with the same values."""
+    _, sections = apptainer_sections()
+    exported = {}
+    for cmd in shell_commands(sections["environment"]):
+        assert cmd[0] == "export" and len(cmd) == 2, f"%environment: {cmd}"
+        key, _, value = cmd[1].partition("=")
+        exported[key] = value
+    build_time = {"PYTHONDONTWRITEBYTECODE"} | {k for k in dockerfile_env() if k.startswith("PIP_")}
+    runtime = {k: v for k, v in dockerfile_env().items() if k not in build_time}
+    assert exported == runtime
