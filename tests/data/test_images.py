@@ -199,6 +199,28 @@ def test_chunk_batch_sampler_covers_every_index_once_and_touches_few_chunks():
     assert sorted(both) == list(range(1000)) and len(ranks[0]) + len(ranks[1]) == len(s)
 
 
+@pytest.mark.parametrize("n, batch_size, world", [(100, 8, 2), (90, 10, 4), (5, 4, 3), (7, 8, 2)])
+def test_chunk_batch_sampler_gives_every_rank_the_same_steps(n, batch_size, world):
+    """DDP waits for every rank at each step: an uneven batch count would hang it. The list is
+    padded with the epoch's first batches to a multiple of the world size; nothing is dropped
+    and, apart from that padding, no batch is on two ranks."""
+    ranks = [ChunkBatchSampler(n, batch_size, 16, True, 3, rank=r, num_replicas=world)
+             for r in range(world)]  # fmt: skip
+    for s in ranks:
+        s.set_epoch(2)
+    per_rank = [list(s) for s in ranks]
+    total = -(-n // batch_size)
+    steps = -(-total // world)
+    assert [len(b) for b in per_rank] == [len(s) for s in ranks] == [steps] * world
+    one = ChunkBatchSampler(n, batch_size, 16, True, 3)
+    one.set_epoch(2)
+    single = list(one)
+    interleaved = [per_rank[r][k] for k in range(steps) for r in range(world)]
+    pad = steps * world - total
+    assert interleaved == single + [single[i % total] for i in range(pad)]
+    assert sorted(i for b in interleaved[:total] for i in b) == list(range(n))
+
+
 def test_chunk_batch_sampler_salt_and_epoch_tags():
     plain = ChunkBatchSampler(100, 10, chunk=16, shuffle=True, seed=2)
     salted = ChunkBatchSampler(100, 10, chunk=16, shuffle=True, seed=2, salt=3)

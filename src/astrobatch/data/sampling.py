@@ -99,7 +99,9 @@ class ChunkBatchSampler(Sampler[list]):
         draws take the epoch in their key (``SetSampleDataset``).
     distribute : {"batches", "items"}
         How ranks share an epoch: ``batches``: rank r takes every
-        ``num_replicas``-th batch; ``items``: rank r takes every
+        ``num_replicas``-th batch (the list padded with the epoch's first batches
+        to a multiple of ``num_replicas``, so that every rank takes the same number
+        of steps, as DDP needs); ``items``: rank r takes every
         ``num_replicas``-th index of the epoch's order (padded by wrapping
         around to equal lengths), then cuts its indices into batches.
 
@@ -181,7 +183,13 @@ class ChunkBatchSampler(Sampler[list]):
                 order = np.resize(order, per * world)[rank::world]
             batches = [order[i : i + bs] for i in range(0, len(order), bs)]
         else:
-            batches = [order[i : i + bs] for i in range(0, self.n, bs)][rank::world]
+            batches = [order[i : i + bs] for i in range(0, self.n, bs)]
+            if world > 1 and batches:
+                # every rank the same number of steps (DDP's collectives wait for all): the
+                # epoch's first batches again, as DistributedSampler pads its indices
+                pad = -len(batches) % world
+                batches += [batches[i % len(batches)] for i in range(pad)]
+            batches = batches[rank::world]
         if self.tag_epoch:
             return [[(int(i), self.epoch) for i in b] for b in batches]
         return [b.tolist() for b in batches]
@@ -195,7 +203,7 @@ class ChunkBatchSampler(Sampler[list]):
             per = -(-self.n // world)
             return -(-per // self.batch_size)
         total = -(-self.n // self.batch_size)
-        return len(range(rank, total, world))
+        return -(-total // world) if total else 0
 
 
 class ShardDataModule(L.LightningDataModule):

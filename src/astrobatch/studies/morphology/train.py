@@ -136,6 +136,9 @@ def build_task(params: MorphologyParams, manifest: dict, stage: str) -> VoteTask
                     output="fraction" if params.loss == "mse" else "concentration")  # fmt: skip
     if stage == HEAD:
         t = params.head
+        # the head stage trains on precomputed embeddings: the backbone takes no part, and
+        # marking it so keeps DDP from waiting for gradients it never gets
+        encoder.requires_grad_(False)
         return VoteTask(encoder, head, manifest["question_index"], params.loss,
                         lr_encoder=t.lr, lr_head=t.lr, weight_decay=t.weight_decay,
                         max_epochs=t.max_epochs).train()  # fmt: skip
