@@ -80,6 +80,8 @@ def test_ddp_two_processes_match_one(project, tmp_path, name):
     # one process at global batch B, two at B/2 each: the same number of optimiser steps
     assert ddp["global_step"] == pytest.approx(single["global_step"], abs=2)
     rel = abs(ddp["best_val_loss"] - single["best_val_loss"]) / abs(single["best_val_loss"])
-    print(f"{name}: best val loss {single['best_val_loss']:.5g} (1 process), "
-          f"{ddp['best_val_loss']:.5g} (DDP x2): relative difference {rel:.3f}")
+    print(
+        f"{name}: best val loss {single['best_val_loss']:.5g} (1 process), "
+        f"{ddp['best_val_loss']:.5g} (DDP x2): relative difference {rel:.3f}"
+    )
     assert rel <= REL_TOL, (name, single["best_val_loss"], ddp["best_val_loss"])

@@ -198,7 +198,7 @@ class ChunkBatchSampler(Sampler[list]):
         yield from self._batches()
 
     def __len__(self) -> int:
-        rank, world = self._rank()
+        _, world = self._rank()
         if self.distribute == "items":
             per = -(-self.n // world)
             return -(-per // self.batch_size)
