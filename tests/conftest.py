@@ -164,6 +164,7 @@ def make_tiny_repo(d: Path, env: dict[str, str], studies: tuple[str, ...] | None
         }
         pipeline["plots"] = [p for p in pipeline["plots"] if any(s in str(p) for s in studies)]
     (d / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    shutil.copy2(ROOT / "sweeps.yaml", d / "sweeps.yaml")  # the report stage reads it
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
 
     def merge(dst: dict, src: dict) -> None:

@@ -176,7 +176,10 @@ def _closure(start: dict[str, str], study: str, done: str) -> dict[str, str]:
         module = todo.pop()
         tree = ast.parse(_module_file(module).read_text())
         found = _imports(tree.body, module) | set(_parents(module))
-        found |= {m.format(study=study) for m in DYNAMIC_IMPORTS.get(module, ())}
+        from astrobatch.studies import STUDIES
+
+        studies = [study] if study else list(STUDIES)  # a root command: any study
+        found |= {m.format(study=s) for m in DYNAMIC_IMPORTS.get(module, ()) for s in studies}
         for new in sorted(found - set(seen)):
             seen[new] = module
             todo.append(new)
@@ -189,6 +192,8 @@ def _commands() -> dict[tuple[str, str], object]:
     from astrobatch.cli import app
 
     out = {}
+    for command in app.registered_commands:  # root commands: (None, name)
+        out[(None, command.name or command.callback.__name__.replace("_", "-"))] = command.callback
     for group in app.registered_groups:
         for command in group.typer_instance.registered_commands:
             name = command.name or command.callback.__name__.replace("_", "-")
@@ -202,9 +207,11 @@ def _stage_imports(stage: str, cmd: str) -> dict[str, str]:
     assert "astrobatch" in words, f"{stage}: command does not run astrobatch: {cmd!r}"
     i = words.index("astrobatch")
     group, command = words[i + 1], words[i + 2]
+    if (None, group) in _commands():  # a root command (astrobatch report)
+        group, command = None, group
     callback = _commands().get((group, command))
     assert callback is not None, f"{stage}: no command `astrobatch {group} {command}`"
-    study = group.replace("-", "_")
+    study = (group or "").replace("-", "_")
     module = callback.__module__
     function = inspect.unwrap(callback).__name__
     tree = ast.parse(_module_file(module).read_text())
@@ -214,7 +221,7 @@ def _stage_imports(stage: str, cmd: str) -> dict[str, str]:
     ]  # fmt: skip
     assert body, f"{stage}: function {function} not found in {module}"
     direct = _imports(_module_level(tree) + body, module) | set(_parents(module))
-    start = {module: f"`astrobatch {group} {command}`"}
+    start = {module: f"`astrobatch {group or ''} {command}`"}
     start.update({m: f"{module}.{function}" for m in direct if m != module})
     return _closure(start, study, done=module)
 

@@ -9,12 +9,14 @@ experiments up.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
 import yaml
 
 from tests.conftest import make_tiny_repo, repo_env, run_ok
+from tests.test_report import check_report_numbers, render_in_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +72,13 @@ def test_repro_is_complete_idempotent_and_minimal(repo):
     assert (d / "plots/star_sets/pred_vs_true.png").is_file()
     assert (d / "reports/star_sets/predictions.parquet").is_file()
     assert (d / "dvc.lock").is_file()
+    # the results report: last stage, all five studies, every number from the metrics files
+    assert "Running stage 'report'" in out
+    html = (d / "reports/index.html").read_text()
+    assert check_report_numbers(html, d) > 50
+    for study in ("star_sets", "cluster_age", "stellar_xp", "morphology", "cluster_finder"):
+        assert f'<h2 id="{study}">' in html and f"not run (no <code>metrics/{study}" not in html
+    assert (d / "reports/README.md").is_file()
 
     again = _run(["dvc", "repro"], d, env)
     assert "Running stage" not in again
@@ -122,3 +131,19 @@ def test_experiments_and_compare(repo):
     )  # fmt: skip
     md = (d / "reports/compare/ca.md").read_text()
     assert "none / True" in md and "none / False" in md
+
+
+def test_report_of_the_pipeline_renders_in_chromium(repo, tmp_path):
+    """After the tiny `dvc repro`: reports/index.html opens offline in headless Chromium and
+    every figure of the five studies loads."""
+    d, env = repo
+    _run(["astrobatch", "report"], d, env)  # with the experiments of the test above, if any
+    html = (d / "reports/index.html").read_text()
+    if "summary_stats" in _run(["dvc", "exp", "show", "--csv"], d, env):
+        assert "<b>star_sets_models</b>" in html  # its experiment summarised per model
+    figures = sorted((d / "plots").rglob("*.png"))
+    assert {p.parent.name for p in figures} >= {"star_sets", "cluster_age", "stellar_xp",
+                                                 "morphology", "cluster_finder"}  # fmt: skip
+    dom = render_in_chromium(d / "reports/index.html", tmp_path)
+    m = re.search(r'data-images="(\d+)" data-images-loaded="(\d+)"', dom)
+    assert m and int(m.group(1)) == int(m.group(2)) == len(figures)

@@ -8,6 +8,7 @@ stage is ``astrobatch <study> <stage>``.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import typer
 
@@ -43,9 +44,12 @@ def _root(
     """Reproducible deep-learning studies in astronomy."""
 
 
-for _entry in STUDIES.values():
+#: The mounted studies, in registry order (the results report lists them so).
+MOUNTED = {}
+for _name, _entry in STUDIES.items():
     _study = importlib.import_module(f"{_entry.package}.stages").study
     app.add_typer(_study.app, name=_study.cli_name)
+    MOUNTED[_name] = _study
 app.add_typer(slurm_app, name="slurm")
 app.add_typer(sweeps.app, name="sweep")
 app.add_typer(exp_app, name="exp")
@@ -58,6 +62,41 @@ def _mount_compare() -> None:
 
 
 _mount_compare()
+
+
+@app.command("report")
+def report(
+    params: Path = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters file."),
+    sweeps_file: Path = typer.Option(
+        Path("sweeps.yaml"), "--sweeps", help="Sweeps whose experiments are tabulated."
+    ),
+    out: Path = typer.Option(Path("reports"), "--out", help="Folder of index.html, README.md."),
+    experiments: bool = typer.Option(
+        True, "--experiments/--no-experiments", help="Tabulate the recorded DVC experiments."
+    ),
+) -> None:
+    """Write the results report of every study: OUT/index.html (self-contained) and
+    OUT/README.md, read from metrics/, plots/, reports/real/ and the recorded experiments.
+    A study whose metrics file is missing is shown as not run."""
+    import yaml
+
+    from astrobatch import report as rp
+    from astrobatch.errors import InputError
+
+    try:
+        if not params.is_file():
+            raise InputError("no such parameters file", params)
+        data = yaml.safe_load(params.read_text()) or {}
+        sweeps_map = sweeps.load_sweeps(sweeps_file, params) if sweeps_file.is_file() else {}
+        studies = {n: {"question": s.question, "help": s.help, "cli_name": s.cli_name}
+                   for n, s in MOUNTED.items()}  # fmt: skip
+        ctx = rp.build_context(Path.cwd(), studies, data, params, sweeps_map, out, experiments)
+        paths = rp.write_report(ctx, out)
+    except InputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    ran = sum(s["status"] == "run" for s in ctx["studies"])
+    typer.echo(f"report: {paths[0]} and {paths[1]} ({ran} of {len(ctx['studies'])} studies run)")
 
 
 def main() -> None:

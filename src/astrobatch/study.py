@@ -166,6 +166,8 @@ class Study:
         underscores by dashes.
     help : str
         One-line description shown by ``astrobatch --help``.
+    question : str
+        The study's scientific question, one sentence (the results report's heading).
 
     Attributes
     ----------
@@ -176,8 +178,9 @@ class Study:
         The sub-app; every :meth:`stage` adds a command to it.
     """
 
-    def __init__(self, name: str, help: str) -> None:
+    def __init__(self, name: str, help: str, question: str = "") -> None:
         self.name = name
+        self.help, self.question = help, question
         self.cli_name = name.replace("_", "-")
         self.paths = StudyPaths.for_study(name)
         self.log = logging.getLogger(f"astrobatch.studies.{name}")

@@ -8,6 +8,8 @@ study = Study(
     "cluster_age",
     help="Star-cluster ages from HST cutouts with a CNN (blackout masks, normalisations, "
     "baselines, shuffled-target control).",
+    question="Can a CNN read a star cluster's age from its HST image, and which part of the image, "
+    "core or outskirts, carries the information?",
 )
 #: Metrics of the summary table printed by evaluate.
 SUMMARY = (

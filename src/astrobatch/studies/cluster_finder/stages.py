@@ -13,6 +13,8 @@ study = Study(
     "cluster_finder",
     help="Galaxy clusters in SDSS-like images (classifier, CenterNet-style box detector) and "
     "their redshift and richness from member catalogues (Janossy pooling).",
+    question="Can CNNs find galaxy clusters in SDSS-like images, and can permutation-invariant "
+    "models infer their redshift and richness from the member catalogue?",
 )
 MODELS = {name: study.paths.models / name
           for name in ("classifier", "detector", "redshift", "richness")}  # fmt: skip

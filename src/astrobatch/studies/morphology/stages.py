@@ -13,6 +13,8 @@ study = Study(
     "morphology",
     help="Galaxy Zoo vote fractions with a DINOv2 ViT (head, then full fine-tuning); "
     "out-of-distribution surveys and real GZ DECaLS galaxies.",
+    question="Does training on a mix of surveys make a ViT's Galaxy Zoo vote-fraction predictions "
+    "hold up on a survey it never saw?",
 )
 HEAD_DIR = study.paths.models / "head"
 FULL_DIR = study.paths.models / "full"

@@ -8,6 +8,8 @@ study = Study(
     "star_sets",
     help="Star-cluster mass from variable-size sets of member stars "
     "(summary statistics, Deep Sets, Set Transformer).",
+    question="How well does a set model recover a star cluster's total mass from a variable-size "
+    "sample of its member stars?",
 )
 
 

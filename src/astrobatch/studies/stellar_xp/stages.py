@@ -13,6 +13,8 @@ study = Study(
     "stellar_xp",
     help="Stellar labels with uncertainties from Gaia XP spectra: masked autoencoder "
     "pretraining, 16/50/84 quantile fine-tuning, leakage-free parallax.",
+    question="Does masked-autoencoder pretraining on Gaia XP spectra give stellar labels with "
+    "calibrated 16/50/84 % uncertainties?",
 )
 PRETRAINED = study.paths.models / "pretrain"
 FINETUNED = study.paths.models / "finetune"
