@@ -28,13 +28,10 @@ FROM ${BASE_IMAGE}
 # constraint, so no requirement can ever swap the CUDA build of torch for another one.
 ARG TORCH_VERSION=2.13.0
 ARG BASE_IMAGE
-# Commit the image is built from (docker build --build-arg VCS_REF="$(git rev-parse HEAD)").
-ARG VCS_REF=unknown
 
 LABEL org.opencontainers.image.title="astrobatch" \
       org.opencontainers.image.description="Reproducible deep-learning studies in astronomy: one package, one DVC pipeline, laptop to SLURM (CUDA image)." \
       org.opencontainers.image.version="0.1.0" \
-      org.opencontainers.image.revision="${VCS_REF}" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.base.name="${BASE_IMAGE}"
 
@@ -81,3 +78,8 @@ WORKDIR /project
 
 ENTRYPOINT ["astrobatch"]
 CMD ["--help"]
+
+# Commit the image is built from (docker build --build-arg VCS_REF="$(git rev-parse HEAD)"):
+# declared last, so that a new commit does not invalidate the cached install layers.
+ARG VCS_REF=unknown
+LABEL org.opencontainers.image.revision="${VCS_REF}"

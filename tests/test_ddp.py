@@ -22,10 +22,10 @@ pytestmark = pytest.mark.slow
 
 #: Largest relative difference of the best validation loss between the DDP run and the
 #: single-process run at the same global batch size. The two runs see the same examples per
-#: optimiser step but in different batches (rank r takes every second batch of the epoch's
-#: order), so after the tiny runs' few steps the losses differ by the noise of batch
-#: composition, not by a factor.
-REL_TOL = 0.25
+#: epoch but grouped into different steps (rank r takes every second half-batch of the epoch's
+#: order), and dropout or masks draw per rank, so the losses differ by that noise (measured on
+#: 2 cores: at most 1.1 %, stellar_xp; 0.0 % for star_sets, cluster_age, the detector).
+REL_TOL = 0.05
 
 #: run name -> (study, train command, params key of its training section, global batch size)
 TRAINS = {

@@ -176,7 +176,7 @@ def real_sample(root: Path, path: Path) -> dict[str, Any] | None:
     inputs = t.meta.get("inputs") or t.meta.get("INPUTS") or []
     if isinstance(inputs, str):
         inputs = [s for s in inputs.split(";") if s]
-    cols = [f"{c} [{t[c].unit}]" if t[c].unit is not None else c for c in t.colnames]
+    cols = [f"{c} [{t[c].unit}]" if str(t[c].unit or "") else c for c in t.colnames]
     return {"path": str(path), "rows": len(t), "columns": cols, "inputs": list(inputs)}
 
 
