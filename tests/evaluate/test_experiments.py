@@ -80,6 +80,25 @@ def test_every_study_table_fits_160_columns(keys):
     assert md.splitlines()[0].startswith("| Experiment | training.lr | model.hidden_dim |")
 
 
+def test_metrics_equal_in_every_row_move_under_the_table():
+    """A baseline on the same test set is the same for every experiment: it goes to one line
+    under the table, the differing metric stays a column, and every param name stays whole."""
+    rows = [
+        _row(f"exp-{i}", f"r{i}", "Success", **{"s.model.hidden_dim": 16 * (i + 1),
+             "test/mae": 0.1 * (i + 1), "baseline/median/test/mae": 0.9})
+        for i in range(3)
+    ]  # fmt: skip
+    df = study_table(rows, "s", ["test/mae", "baseline/median/test/mae"])
+    text = render_rich(df, title="s experiments")
+    header = "\n".join(text.splitlines()[:6])
+    assert "baseline/" not in header and "hidden_dim" in header
+    assert text.rstrip().splitlines()[-1].strip() == (
+        "the same in every row: baseline/median/test/mae = 0.9"
+    )
+    one = render_rich(study_table(rows[:1], "s", ["test/mae", "baseline/median/test/mae"]))
+    assert "the same in every row" not in one and "baseline/" in one  # one row: all columns
+
+
 def test_wrap_header_keeps_every_character():
     for name in ("baseline/photometric/test/mdae_log_age", "test/mae_log_mass_over_baseline"):
         wrapped = wrap_header(name)

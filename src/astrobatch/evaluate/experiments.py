@@ -187,16 +187,32 @@ def wrap_header(name: str, width: int = 10) -> str:
 
 
 def render_rich(df: pd.DataFrame, title: str | None = None, width: int = 160) -> str:
-    """The table as Rich text (simple rules, wrapped headers), at most ``width`` wide."""
+    """The table as Rich text (simple rules, wrapped headers), at most ``width`` wide.
+
+    A metric with the same value in every row (of two or more; a baseline on the same test
+    set, say) leaves the table for a caption line under it, so that the columns that tell
+    the experiments apart keep their full names.
+    """
     import io
 
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
+    metrics = df.attrs.get("metrics", ())
+    same = [
+        c for c in df.columns
+        if c in metrics and len(df) > 1 and df[c].map(format_cell).nunique() == 1
+        and format_cell(df[c].iloc[0]) != "-"
+    ]  # fmt: skip
+    caption = None
+    if same:
+        caption = "the same in every row: " + ", ".join(
+            f"{c} = {format_cell(df[c].iloc[0])}" for c in same
+        )
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     table.add_column("Experiment", no_wrap=True)
-    cols = [c for c in df.columns if c not in ("Experiment", "rev")]
+    cols = [c for c in df.columns if c not in ("Experiment", "rev", *same)]
     for c in cols:
         table.add_column(
             wrap_header(c), justify="right" if c in df.attrs.get("metrics", ()) else "left"
@@ -205,7 +221,12 @@ def render_rich(df: pd.DataFrame, title: str | None = None, width: int = 160) ->
         table.add_row(rec["Experiment"], *(format_cell(rec[c]) for c in cols))
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, legacy_windows=False).print(table)
-    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+    text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+    if caption:
+        import textwrap
+
+        text += textwrap.fill(caption, width, initial_indent=" ", subsequent_indent="   ") + "\n"
+    return text
 
 
 def render_transposed(df: pd.DataFrame, title: str | None = None, width: int = 160) -> str:
