@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from astrobatch.evaluate.experiments import format_cell
 from astrobatch.io.atomic import atomic_path
 
 log = logging.getLogger("astrobatch.report")
@@ -61,9 +62,9 @@ def fmt(value: Any) -> str:
         v = float(value)
         if math.isnan(v):
             return "nan"
-        if v.is_integer() and abs(v) < 1e6:
+        if v.is_integer() and abs(v) < 1e6:  # counts whole, not 1.234e+04
             return str(int(v))
-        return f"{v:.4g}"
+        return format_cell(v)  # the experiment tables' 4 significant digits
     return str(value)
 
 
@@ -167,7 +168,25 @@ def simulated_sizes(section: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def real_sample(root: Path, path: Path) -> dict[str, Any] | None:
-    """Rows, columns and inputs of the ``predict`` table ``root / path`` (None when absent)."""
+    """Rows, columns and inputs of a ``predict`` table (:mod:`astrobatch.io.predictions`).
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        The project folder.
+    path : pathlib.Path
+        The table (ECSV or FITS), relative to ``root`` (shown so in the report).
+
+    Returns
+    -------
+    dict or None
+        ``{path, rows, columns ("name [unit]"), inputs}``; None when the file is absent.
+
+    Raises
+    ------
+    OSError, ValueError
+        A table astropy cannot read (the ``predict`` stage wrote and checked it).
+    """
     if not (root / path).is_file():
         return None
     from astropy.table import Table
@@ -181,8 +200,22 @@ def real_sample(root: Path, path: Path) -> dict[str, Any] | None:
 
 
 def figures(folder: Path, report_dir: Path) -> list[dict[str, str]]:
-    """The PNG figures of ``folder``: name, data URI (for the HTML) and path relative to
-    ``report_dir`` (for the markdown), sorted by name."""
+    """The PNG figures of a study, for both report files.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        ``plots/<study>``; absent: no figures.
+    report_dir : pathlib.Path
+        Where the report is written (the markdown links are relative to it).
+
+    Returns
+    -------
+    list of dict
+        ``{name, uri, rel}`` per PNG, sorted by file name: a caption from the stem, a
+        ``data:image/png;base64`` URI (the HTML embeds it, so the page needs no other file)
+        and the POSIX path relative to ``report_dir``.
+    """
     import os
 
     out = []
@@ -241,19 +274,13 @@ def experiment_tables(study: str, sweeps: Mapping[str, Any], df: Any) -> list[di
 def load_recorded_experiments(root: Path) -> tuple[Any, str | None]:
     """``(experiments, note)``: the experiments of ``dvc exp show --json`` run in ``root``
     (None and a note when there are none or DVC cannot list them)."""
-    import os
-
     from astrobatch.errors import InputError
     from astrobatch.evaluate.compare import load_experiments
 
-    cwd = Path.cwd()
     try:
-        os.chdir(root)
-        df = load_experiments(None)
+        df = load_experiments(None, repo=root)
     except InputError as err:
         return None, f"experiments not listed: {err}"
-    finally:
-        os.chdir(cwd)
     if "kind" not in df.columns or not (df["kind"] == "experiment").any():
         return None, "no experiments recorded in this repository (dvc exp run / astrobatch sweep)"
     return df, None

@@ -67,10 +67,11 @@ def _dvc_executable() -> str | None:
     return str(sibling) if sibling.is_file() else None
 
 
-def _run_dvc_exp_show() -> str:
-    """Run ``dvc exp show --json`` in the current folder and return its standard output."""
+def _run_dvc_exp_show(repo: str | Path | None = None) -> str:
+    """Run ``dvc exp show --json`` in ``repo`` (default: the current folder) and return its
+    standard output."""
     exe = _dvc_executable()
-    where = Path.cwd()
+    where = Path(repo) if repo is not None else Path.cwd()
     if exe is None:
         raise InputError(
             "the `dvc` command was not found on PATH; install DVC, or pass a file written by "
@@ -79,7 +80,11 @@ def _run_dvc_exp_show() -> str:
         )
     try:
         result = subprocess.run(
-            [exe, "exp", "show", "--json"], capture_output=True, text=True, check=False
+            [exe, "exp", "show", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=where,
         )
     except OSError as err:
         raise InputError(f"could not run `{exe} exp show --json`: {err}", path=where) from err
@@ -283,15 +288,17 @@ def _param_column(file: str, key: str) -> str:
     return f"{file}:{key}"
 
 
-def load_experiments(source: str | Path | None) -> pd.DataFrame:
+def load_experiments(source: str | Path | None, repo: str | Path | None = None) -> pd.DataFrame:
     """Load DVC experiments as one row per workspace, commit and experiment.
 
     Parameters
     ----------
     source : str or pathlib.Path or None
         A file written by ``dvc exp show --json > FILE`` (DVC 3.x), ``"-"`` for
-        standard input, or None to run ``dvc exp show --json`` in the current
-        folder.
+        standard input, or None to run ``dvc exp show --json`` in ``repo``.
+    repo : str or pathlib.Path, optional
+        The DVC project where ``dvc exp show`` runs (``source=None``); default: the
+        current folder.
 
     Returns
     -------
@@ -337,7 +344,7 @@ def load_experiments(source: str | Path | None) -> pd.DataFrame:
     """
     if source is None:
         label = "dvc exp show --json"
-        text = _run_dvc_exp_show()
+        text = _run_dvc_exp_show(repo)
     elif str(source) == "-":
         label = "<stdin>"
         text = sys.stdin.read()
